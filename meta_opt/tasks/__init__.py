@@ -1,0 +1,17 @@
+"""Tasks (optimization problems) and task families."""
+
+from meta_opt.data.datasets import Datasets, dataset_lru_cache
+from meta_opt.tasks.base import Task, TaskFamily, single_task_to_family
+from meta_opt.tasks.registry import get_task, is_task, list_tasks, register_task
+
+__all__ = [
+    "Datasets",
+    "Task",
+    "TaskFamily",
+    "dataset_lru_cache",
+    "get_task",
+    "is_task",
+    "list_tasks",
+    "register_task",
+    "single_task_to_family",
+]
