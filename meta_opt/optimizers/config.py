@@ -263,11 +263,18 @@ class ScheduleConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(Config):
-    """An optimizer: `make_jax()` returns an optax GradientTransformation(ExtraArgs)."""
+    """An optimizer: `make_jax()` returns an optax GradientTransformation(ExtraArgs).
+
+    Optimizers that need the loss function on every update (MetaOpt) set
+    `requires_cost_fn = True`; their `make_jax(example_cost_fn=...)` takes an example
+    of the `cost_fn` pytree that `update(..., cost_fn=...)` will receive, so the state's
+    structure is fixed from the first step.
+    """
 
     _name_key: ClassVar[str] = "optimizer_name"
     _kind: ClassVar[str] = "optimizer"
     _registry: ClassVar[dict[str, type[Config]]] = {}
+    requires_cost_fn: ClassVar[bool] = False
 
     def make_jax(self) -> optax.GradientTransformation:
         raise NotImplementedError(f"{type(self).__name__} must implement make_jax")
