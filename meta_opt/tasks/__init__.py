@@ -2,10 +2,24 @@
 
 from meta_opt.data.datasets import Datasets, dataset_lru_cache
 from meta_opt.tasks.base import Task, TaskFamily, single_task_to_family
+from meta_opt.tasks.quadratics import (
+    FixedDimQuadraticFamily,
+    NoisyQuadraticConfig,
+    NoisyQuadraticFamily,
+    NoisyQuadraticTask,
+    QuadraticTask,
+    TargetQuadraticTask,
+)
 from meta_opt.tasks.registry import get_task, is_task, list_tasks, register_task
 
 __all__ = [
     "Datasets",
+    "FixedDimQuadraticFamily",
+    "NoisyQuadraticConfig",
+    "NoisyQuadraticFamily",
+    "NoisyQuadraticTask",
+    "QuadraticTask",
+    "TargetQuadraticTask",
     "Task",
     "TaskFamily",
     "dataset_lru_cache",
