@@ -1,0 +1,128 @@
+"""`ExperimentConfig`: what to train, for how long, and how to log, checkpoint and shard.
+
+An experiment pairs one `ExperimentConfig` with one `OptimizerConfig`; a sweep is a list
+of such pairs (see `sweep.py`). The config reuses the `Config` machinery of
+`meta_opt.optimizers.config` (frozen dataclass, validation on construction, JSON round
+trip with type coercion, unknown keys rejected with the valid ones), registered in its own
+one-member family so `from_dict` works with or without the `config_kind` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from meta_opt.optimizers.config import Config, ConfigError
+
+SPLITS = ("train", "inner_valid", "outer_valid", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(Config):
+    """One training setup: workload, episodes, steps, evaluation, logging and devices.
+
+    Attributes:
+      experiment_name: folder under the output directory that holds every pair of a sweep.
+      seed: root of every random number of the run (init, batches, eval); a run is a pure
+        function of (config, seed), which is what makes resume bit-exact.
+      workload_name: a built-in task name (`meta_opt.tasks.list_tasks()`).
+      full_batch: draw one training batch at the start and train on it for the whole run
+        (all episodes); evaluation still uses held-out data.
+      num_episodes: training episodes; each re-initialises the model (fresh key) and the
+        optimizer state (MetaOpt keeps its controller).
+      num_iters: optimizer steps per episode.
+      batch_size: training and evaluation batch size.
+      eval_every: evaluate every this many steps (and at the end of every episode);
+        0 evaluates only at episode ends. A multiple of `log_every`.
+      eval_batches: number of held-out batches averaged per evaluation.
+      eval_split: held-out split to evaluate on.
+      checkpoint_every: save a checkpoint every this many steps (and at episode ends);
+        a multiple of `log_every`.
+      log_every: steps per compiled chunk; one metrics line per chunk. Divides `num_iters`.
+      keep_checkpoints: how many recent checkpoints to keep on disk.
+      num_batch_devices, num_opt_devices: the ("batch", "opt") device mesh. 1 x 1 runs on
+        the default device; otherwise the product must equal the number of visible devices.
+      data_dir: where datasets are looked for (None: the data module's default search).
+    """
+
+    _name_key: ClassVar[str] = "config_kind"
+    _kind: ClassVar[str] = "experiment"
+    _registry: ClassVar[dict[str, type[Config]]] = {}
+    config_kind: ClassVar[str] = "experiment"
+
+    experiment_name: str = "default"
+    seed: int = 0
+    workload_name: str = "ImageMLP_Digits8_Relu32"
+    full_batch: bool = False
+    num_episodes: int = 1
+    num_iters: int = 100
+    batch_size: int = 128
+    eval_every: int = 0
+    eval_batches: int = 4
+    eval_split: str = "test"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    num_batch_devices: int = 1
+    num_opt_devices: int = 1
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        if not self.experiment_name or "/" in self.experiment_name:
+            self._fail("experiment_name", "a non-empty folder name without '/'")
+        self.check_positive(
+            "num_episodes", "num_iters", "batch_size", "eval_batches", "checkpoint_every",
+            "log_every", "keep_checkpoints", "num_batch_devices", "num_opt_devices",
+        )
+        self.check_nonnegative("eval_every", "seed")
+        self.check_choice("eval_split", SPLITS)
+        if self.num_iters % self.log_every:
+            raise ConfigError(
+                f"ExperimentConfig.num_iters ({self.num_iters}) must be a multiple of log_every "
+                f"({self.log_every}): each episode runs as compiled chunks of log_every steps; "
+                f"e.g. set log_every to one of {_divisors(self.num_iters)}"
+            )
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value % self.log_every:
+                raise ConfigError(
+                    f"ExperimentConfig.{name} ({value}) must be a multiple of log_every "
+                    f"({self.log_every}): evaluation and checkpoints happen between chunks"
+                )
+        if self.batch_size % self.num_batch_devices:
+            raise ConfigError(
+                f"ExperimentConfig.batch_size ({self.batch_size}) must be divisible by "
+                f"num_batch_devices ({self.num_batch_devices}) so each device gets an equal "
+                f"shard; use a batch size that is a multiple of {self.num_batch_devices}"
+            )
+        _check_workload(self.workload_name)
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_episodes * self.num_iters
+
+    @property
+    def num_devices(self) -> int:
+        return self.num_batch_devices * self.num_opt_devices
+
+
+ExperimentConfig.register(ExperimentConfig)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, min(n, 1000) + 1) if n % d == 0][:12]
+
+
+def _check_workload(name: str) -> None:
+    """Unknown workloads fail at config time (before any data loading or compiling)."""
+    from meta_opt.tasks import is_task, list_tasks
+
+    if not is_task(name):
+        import difflib
+
+        known = list_tasks()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"unknown workload_name '{name}'{hint}; known tasks: {', '.join(known)}"
+        )

@@ -1,0 +1,89 @@
+"""How the runner gets batches from a task: drawn inside jit from a key, never from iterators.
+
+A run's data position is then just (seed, episode, step): batch keys are derived from
+those, so a checkpoint needs no iterator state and a resumed run draws exactly the batches
+the uninterrupted run would have drawn. Tasks follow the contract of
+`docs/data_and_tasks.md` section 3 (`data_arrays`, `sample_batch`, `batch_at`,
+`evaluate`); tasks without data (quadratics, test functions) get `batch=None`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from meta_opt.optimizers.config import ConfigError
+
+Batch = Any
+Data = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Pure batch-drawing functions for one task; `data` is passed as a jit argument.
+
+    Attributes:
+      train_data, eval_data: device arrays of the training / evaluation split (or None).
+      draw_train: `(data, key) -> batch` a random training batch (with replacement).
+      eval_batch: `(data, index) -> batch` the index-th fixed evaluation batch.
+      has_data: False for data-free tasks, whose batches are None.
+    """
+
+    train_data: Data
+    eval_data: Data
+    draw_train: Callable[[Data, jax.Array], Batch]
+    eval_batch: Callable[[Data, jax.Array], Batch]
+    has_data: bool
+
+
+def make_data_source(task, batch_size: int, eval_split: str, eval_seed: int = 0) -> DataSource:
+    """Builds the DataSource of `task` (see the module docstring for the contract)."""
+    arrays = getattr(task, "data_arrays", None)
+    if arrays is None:
+        if getattr(task, "datasets", None) is not None:
+            raise ConfigError(
+                f"task '{task.name}' only offers Python iterators (task.datasets), but the "
+                f"runner draws batches inside jit for exact resume; give the task "
+                f"`data_arrays` and `sample_batch` (docs/data_and_tasks.md, section 3)"
+            )
+        none = lambda data, key: None
+        return DataSource(None, None, none, none, has_data=False)
+    if eval_split not in arrays:
+        raise ConfigError(f"eval_split '{eval_split}' not in task '{task.name}' data; "
+                          f"available: {', '.join(sorted(arrays))}")
+    sample = task.sample_batch
+    draw_train = lambda data, key: sample(data, key, batch_size)
+    batch_at = getattr(task, "batch_at", None)
+    if batch_at is not None:
+        # Consecutive batches from the start of the split: the same held-out examples at
+        # every evaluation, so evaluations are comparable across steps and optimizers.
+        eval_batch = lambda data, index: batch_at(data, index, batch_size)
+    else:
+        base = jax.random.PRNGKey(eval_seed)
+        eval_batch = lambda data, index: sample(data, jax.random.fold_in(base, index), batch_size)
+    return DataSource(arrays["train"], arrays[eval_split], draw_train, eval_batch, True)
+
+
+def evaluate_batches(task, params, model_state, data, eval_batch, num_batches: int, key):
+    """Mean of the task's evaluation metrics over `num_batches` fixed held-out batches.
+
+    Uses `task.evaluate(params, state, batch)` (inference mode) when the task has it,
+    else `loss_with_state_and_aux` (loss plus aux such as accuracy).
+    """
+    evaluate = getattr(task, "evaluate", None)
+
+    def one(index):
+        batch = eval_batch(data, index)
+        if evaluate is not None:
+            return {k: jnp.asarray(v, jnp.float32) for k, v in evaluate(params, model_state,
+                                                                         batch).items()}
+        loss, _, aux = task.loss_with_state_and_aux(
+            params, model_state, jax.random.fold_in(key, index), batch)
+        return {"loss": loss, **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}}
+
+    per_batch = jax.lax.map(one, jnp.arange(num_batches))
+    return jax.tree.map(lambda x: jnp.mean(x, axis=0), per_batch)

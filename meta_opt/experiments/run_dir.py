@@ -1,0 +1,85 @@
+"""Layout of a run directory and its lifecycle: new, resumable, or complete.
+
+    OUT/<experiment_name>/<index>_<optimizer_name>/
+        config.json          the pair ({"experiment": ..., "optimizer": ...})
+        metrics.jsonl        one JSON object per logged step
+        tensorboard/         TensorBoard event files
+        checkpoints/<step>/  orbax checkpoints (latest few)
+        summary.json         written when the run completes
+        controller.npz       MetaOpt's final controller (MetaOpt pairs only)
+
+A directory whose `config.json` differs from the requested pair is never silently reused:
+the runner stops and says which fields differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from meta_opt.optimizers.config import ConfigError
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+CONTROLLER_FILE = "controller.npz"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+class RunDir:
+    """Paths of one pair's run directory and the checks made before (re)using it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / CONFIG_FILE)
+    summary = property(lambda self: self.path / SUMMARY_FILE)
+    controller = property(lambda self: self.path / CONTROLLER_FILE)
+    checkpoints = property(lambda self: self.path / CHECKPOINT_DIR)
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+
+    def is_complete(self) -> bool:
+        return self.summary.exists()
+
+    def prepare(self, pair_dict: dict[str, Any], restart: bool = False) -> str:
+        """Creates or checks the directory; returns 'new', 'resume' or 'complete'.
+
+        Args:
+          pair_dict: the pair's JSON form (config.json content).
+          restart: delete an existing directory and start over.
+        """
+        if restart and self.path.exists():
+            shutil.rmtree(self.path)
+        if self.config.exists():
+            existing = json.loads(self.config.read_text())
+            if existing != pair_dict:
+                diffs = "; ".join(_diff(existing, pair_dict)[:8])
+                raise ConfigError(
+                    f"{self.path} holds a run with a different config ({diffs}); resume needs "
+                    f"the same config. Use another --out or experiment_name, or pass "
+                    f"--restart to delete that run and start over"
+                )
+            return "complete" if self.is_complete() else "resume"
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.config, pair_dict)
+        return "new"
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text())

@@ -1,0 +1,125 @@
+"""Sweeps: a Python config file's `get_config()` list of (ExperimentConfig, OptimizerConfig).
+
+`load_sweep(path)` imports the file and checks what it returns; `apply_overrides(pairs,
+["experiment.num_iters=50", "optimizer.learning_rate=0.3"])` changes a field of every pair
+(values parse as JSON, else stay strings) and rejects unknown keys with the valid ones.
+`pair_name(index, opt_cfg)` names the run directory of a pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from meta_opt.experiments.config import ExperimentConfig
+from meta_opt.optimizers.config import ConfigError, OptimizerConfig
+
+Pair = tuple[ExperimentConfig, OptimizerConfig]
+
+
+def load_sweep(path: str | Path) -> list[Pair]:
+    """Imports the config file at `path` and returns its `get_config()` pairs (checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass a path to a .py file "
+                          f"defining get_config() (examples in configs/)")
+    module_name = f"_meta_opt_sweep_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import config file '{path}' (is it a .py file?)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # so dataclasses/pickle inside the file resolve names
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file '{path}' must define get_config() returning a list of "
+                          f"(ExperimentConfig, OptimizerConfig) pairs")
+    return check_pairs(get_config(), where=str(path))
+
+
+def check_pairs(pairs: Any, where: str = "get_config()") -> list[Pair]:
+    """Returns `pairs` as a list, or raises a ConfigError saying which entry is malformed."""
+    if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], ExperimentConfig):
+        pairs = [pairs]
+    if not isinstance(pairs, (list, tuple)) or not pairs:
+        raise ConfigError(f"{where} must return a non-empty list of (ExperimentConfig, "
+                          f"OptimizerConfig) pairs, got {type(pairs).__name__}")
+    out = []
+    for i, pair in enumerate(pairs):
+        ok = (isinstance(pair, (list, tuple)) and len(pair) == 2
+              and isinstance(pair[0], ExperimentConfig)
+              and isinstance(pair[1], OptimizerConfig))
+        if not ok:
+            raise ConfigError(f"{where}: entry {i} must be an (ExperimentConfig, "
+                              f"OptimizerConfig) pair, got {pair!r}")
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """JSON if it parses (numbers, true/false, null, lists, objects), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits ['experiment.seed=3', 'optimizer.H=2'] into ({'seed': 3}, {'H': 2})."""
+    experiment: dict[str, Any] = {}
+    optimizer: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.strip().partition(".")
+        if not sep or not dot or not field or section not in ("experiment", "optimizer"):
+            raise ConfigError(f"--set expects experiment.FIELD=VALUE or optimizer.FIELD=VALUE, "
+                              f"got {item!r}")
+        (experiment if section == "experiment" else optimizer)[field] = parse_value(value)
+    return experiment, optimizer
+
+
+def apply_overrides(pairs: list[Pair], items: list[str]) -> list[Pair]:
+    """Applies `--set` overrides to every pair; each config is re-validated.
+
+    Optimizer overrides go through `from_dict`, so values are coerced to the field types
+    (e.g. a JSON object for a schedule) and unknown keys fail listing the valid ones.
+    """
+    experiment, optimizer = parse_overrides(items)
+    out = []
+    for exp_cfg, opt_cfg in pairs:
+        if experiment:
+            exp_cfg = ExperimentConfig.from_dict({**exp_cfg.to_dict(), **experiment})
+        if optimizer:
+            opt_cfg = OptimizerConfig.from_dict({**opt_cfg.to_dict(), **optimizer})
+        out.append((exp_cfg, opt_cfg))
+    return out
+
+
+def pair_name(index: int, opt_cfg: OptimizerConfig) -> str:
+    """Run-directory name of a pair: '<index>_<optimizer_name>'."""
+    return f"{index}_{opt_cfg.registered_name()}"
+
+
+def pair_to_dict(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig) -> dict[str, Any]:
+    """The JSON form of a pair (what `config.json` holds)."""
+    return {"experiment": exp_cfg.to_dict(), "optimizer": opt_cfg.to_dict()}
+
+
+def pair_from_dict(d: dict[str, Any]) -> Pair:
+    return ExperimentConfig.from_dict(d["experiment"]), OptimizerConfig.from_dict(d["optimizer"])
+
+
+def describe(opt_cfg: OptimizerConfig) -> str:
+    """Short human description of an optimizer config: its non-default fields."""
+    parts = []
+    for f in dataclasses.fields(opt_cfg):
+        value = getattr(opt_cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if value != default:
+            parts.append(f"{f.name}={value}")
+    return f"{opt_cfg.registered_name()}({', '.join(parts)})"
