@@ -1,5 +1,20 @@
 """Optimizers: optax transformations, their serializable configs, and the stateful API."""
 
+from meta_opt.optimizers.baselines import (
+    AdamWConfig,
+    COCOBConfig,
+    DAdaptAdamWConfig,
+    DoGConfig,
+    DoWGConfig,
+    MechanicConfig,
+    PolyakSGDConfig,
+    ProdigyConfig,
+    ScheduleFreeAdamWConfig,
+    ScheduleFreeSGDConfig,
+    SGDConfig,
+    schedule_free_eval_params,
+    with_grad_clip,
+)
 from meta_opt.optimizers.config import (
     ConfigError,
     OptimizerConfig,
@@ -10,6 +25,14 @@ from meta_opt.optimizers.config import (
     register_optimizer,
     register_schedule,
 )
+from meta_opt.optimizers.hypergradient import (
+    AdamHDConfig,
+    HypergradientState,
+    SGDHDConfig,
+    adam_hd,
+    sgd_hd,
+)
+from meta_opt.optimizers.mechanic import MechanicState, mechanize
 from meta_opt.optimizers.optimizer import (
     SGD,
     SGDM,
@@ -19,8 +42,38 @@ from meta_opt.optimizers.optimizer import (
     Optimizer,
     to_optax,
 )
+from meta_opt.optimizers.schedules import (
+    ConstantSchedule,
+    CosineSchedule,
+    LinearSchedule,
+    WarmupCosineSchedule,
+)
 
 __all__ = [
+    "AdamWConfig",
+    "COCOBConfig",
+    "DAdaptAdamWConfig",
+    "DoGConfig",
+    "DoWGConfig",
+    "MechanicConfig",
+    "PolyakSGDConfig",
+    "ProdigyConfig",
+    "ScheduleFreeAdamWConfig",
+    "ScheduleFreeSGDConfig",
+    "SGDConfig",
+    "schedule_free_eval_params",
+    "with_grad_clip",
+    "AdamHDConfig",
+    "HypergradientState",
+    "SGDHDConfig",
+    "adam_hd",
+    "sgd_hd",
+    "MechanicState",
+    "mechanize",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "LinearSchedule",
+    "WarmupCosineSchedule",
     "SGD",
     "SGDM",
     "Adam",
