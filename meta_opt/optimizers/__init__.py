@@ -25,6 +25,7 @@ from meta_opt.optimizers.config import (
     register_optimizer,
     register_schedule,
 )
+from meta_opt.optimizers.cost_fn import CostFn, make_cost_fn
 from meta_opt.optimizers.hypergradient import (
     AdamHDConfig,
     HypergradientState,
@@ -33,6 +34,15 @@ from meta_opt.optimizers.hypergradient import (
     sgd_hd,
 )
 from meta_opt.optimizers.mechanic import MechanicState, mechanize
+from meta_opt.optimizers.metaopt import (
+    MetaOptConfig,
+    MetaOptState,
+    find_metaopt_state,
+    load_controller,
+    metaopt,
+    reset_for_new_episode,
+    save_controller,
+)
 from meta_opt.optimizers.optimizer import (
     SGD,
     SGDM,
@@ -70,6 +80,15 @@ __all__ = [
     "sgd_hd",
     "MechanicState",
     "mechanize",
+    "CostFn",
+    "make_cost_fn",
+    "MetaOptConfig",
+    "MetaOptState",
+    "find_metaopt_state",
+    "load_controller",
+    "metaopt",
+    "reset_for_new_episode",
+    "save_controller",
     "ConstantSchedule",
     "CosineSchedule",
     "LinearSchedule",
