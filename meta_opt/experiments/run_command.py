@@ -1,0 +1,287 @@
+"""`meta-opt run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--parallel N]`: run a sweep.
+
+Every pair of the sweep is trained in `OUT/<experiment_name>/<index>_<optimizer_name>/`;
+a directory that already holds the same pair resumes (or is skipped when complete). After
+the sweep a comparison table is printed and plots are written. SIGINT/SIGTERM checkpoint
+the running pairs, print how to resume and exit non-zero (130 / 143).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meta_opt.optimizers.config import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default=None,
+                        help="Python file whose get_config() returns (ExperimentConfig, "
+                             "OptimizerConfig) pairs; omit for the built-in default comparison")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a field of every pair: experiment.FIELD=V or "
+                             "optimizer.FIELD=V (V parsed as JSON, else a string); repeatable")
+    parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="run N pairs at once, each in its own process")
+    parser.add_argument("--only", default=None, metavar="I[,J...]",
+                        help="run only these pair indices (comma separated)")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete existing run directories of these pairs and start over")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log to Weights & Biases (honours WANDB_MODE=offline)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-plots", action="store_true", help="skip writing plots at the end")
+    parser.add_argument("--list", action="store_true",
+                        help="print the pairs of the sweep (after --set) and exit")
+    parser.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the run loop polls it between compiled chunks."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.children: list[subprocess.Popen] = []
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum, frame) -> None:
+        del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
+        self.signum = signum
+        for child in self.children:
+            if child.poll() is None:
+                child.send_signal(signum)
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of "
+              f"the current chunk (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+
+def load_pairs(args) -> list:
+    """The sweep's pairs after overrides (from CONFIG or the built-in default)."""
+    from meta_opt.experiments.sweep import apply_overrides, check_pairs, load_sweep
+
+    if args.config is None:
+        from meta_opt.experiments.default_sweep import get_config
+
+        pairs = check_pairs(get_config(), where="the default sweep")
+    else:
+        pairs = load_sweep(args.config)
+    return apply_overrides(pairs, args.overrides)
+
+
+def _selected(args, n: int) -> list[int]:
+    if args.only is None:
+        return list(range(n))
+    try:
+        chosen = [int(x) for x in args.only.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--only expects comma-separated pair indices, got {args.only!r}") from e
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise ConfigError(f"--only: pair indices {bad} out of range; the sweep has {n} pairs "
+                          f"(0..{n - 1})")
+    return chosen
+
+
+def precheck(pairs) -> None:
+    """Fails fast, before any compiling, on configs that cannot run here."""
+    from meta_opt.experiments.trainer import make_run_mesh
+
+    for exp_cfg, _ in pairs:
+        make_run_mesh(exp_cfg)
+
+
+def run_dir_of(out: str, index: int, exp_cfg, opt_cfg) -> Path:
+    from meta_opt.experiments.sweep import pair_name
+
+    return Path(out) / exp_cfg.experiment_name / pair_name(index, opt_cfg)
+
+
+def resume_command(args) -> str:
+    parts = ["meta-opt", "run"]
+    if args.config:
+        parts.append(args.config)
+    for item in args.overrides:
+        parts += ["--set", item]
+    parts += ["--out", args.out]
+    if args.parallel > 1:
+        parts += ["--parallel", str(args.parallel)]
+    if args.only is not None:
+        parts += ["--only", args.only]
+    return shlex.join(parts)
+
+
+def _child_command(args, index: int, position: int) -> list[str]:
+    cmd = [sys.executable, "-m", "meta_opt.cli", "run"]
+    if args.config:
+        cmd.append(args.config)
+    for item in args.overrides:
+        cmd += ["--set", item]
+    cmd += ["--out", args.out, "--only", str(index), "--no-table", "--no-plots",
+            "--position", str(position)]
+    for flag in ("restart", "wandb", "no_progress"):
+        if getattr(args, flag):
+            cmd.append("--" + flag.replace("_", "-"))
+    return cmd
+
+
+def _run_parallel(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
+    """Runs each pair as its own `meta-opt run --only I` process, N at a time."""
+    pending = list(indices)
+    running: dict[int, subprocess.Popen] = {}
+    codes: dict[int, int] = {}
+    free = list(range(args.parallel))
+    slots: dict[int, int] = {}
+    while pending or running:
+        while pending and len(running) < args.parallel and not stop():
+            index = pending.pop(0)
+            slots[index] = free.pop(0)
+            proc = subprocess.Popen(_child_command(args, index, slots[index]))
+            running[index] = proc
+            stop.children.append(proc)
+        if stop() and not running:
+            break
+        for index, proc in list(running.items()):
+            code = proc.poll()
+            if code is not None:
+                codes[index] = code
+                del running[index]
+                free.append(slots.pop(index))
+        time.sleep(0.2)
+    return codes
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """The comparison table: one row per pair."""
+    header = ("pair", "optimizer", "loss@end ep1", "loss@end last", "best eval acc", "steps/s")
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = [header]
+    for name, s in rows:
+        lines.append((name, s.get("optimizer_name", "?"),
+                      fmt(s.get("first_episode_final_loss"), ".4g"),
+                      fmt(s.get("last_episode_final_loss"), ".4g"),
+                      fmt(s.get("best_eval_accuracy"), ".4f"),
+                      fmt(s.get("steps_per_sec"), ".0f")))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = []
+    for j, line in enumerate(lines):
+        out.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def main(args) -> int:
+    if args.ray:
+        print("--ray: running sweeps on Ray is not available in this version; use --parallel N",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if args.parallel < 1:
+        print(f"--parallel must be >= 1, got {args.parallel}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        pairs = load_pairs(args)
+        indices = _selected(args, len(pairs))
+        if args.list:
+            from meta_opt.experiments.sweep import describe
+
+            for i in indices:
+                exp_cfg, opt_cfg = pairs[i]
+                print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}")
+            return 0
+        precheck([pairs[i] for i in indices])
+    except (ConfigError, KeyError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    stop = _StopFlag()
+    previous = {s: signal.signal(s, stop.handle) for s in SIGNAL_EXIT}
+    try:
+        failed = _run(args, pairs, indices, stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stop():
+        print(f"\nstopped by {signal.Signals(stop.signum).name}; progress is checkpointed. "
+              f"Resume with:\n  {resume_command(args)}", file=sys.stderr)
+        return SIGNAL_EXIT[stop.signum]
+    if failed is not None:
+        return failed
+    if not args.no_table:
+        _report(args, pairs, indices)
+    return 0
+
+
+def _run(args, pairs, indices, stop: _StopFlag) -> int | None:
+    """Runs the selected pairs; returns an exit code on failure, None on success."""
+    from meta_opt.experiments.run_pair import Interrupted, run_pair
+
+    if args.parallel > 1 and len(indices) > 1:
+        codes = _run_parallel(args, indices, stop)
+        bad = {i: c for i, c in codes.items() if c not in (0,) and c not in SIGNAL_EXIT.values()}
+        if bad:
+            print(f"pairs failed (index: exit code): {bad}; see their output above",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        return None
+    for index in indices:
+        exp_cfg, opt_cfg = pairs[index]
+        run_dir = run_dir_of(args.out, index, exp_cfg, opt_cfg)
+        try:
+            run_pair(exp_cfg, opt_cfg, run_dir, label=run_dir.name,
+                     progress=not args.no_progress and _tty_or_forced(),
+                     position=args.position, wandb=args.wandb, restart=args.restart,
+                     should_stop=stop)
+        except Interrupted:
+            return None
+        except ConfigError as e:
+            print(f"config error in pair {index} ({run_dir}): {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        if stop():
+            return None
+    return None
+
+
+def _tty_or_forced() -> bool:
+    return sys.stderr.isatty() or os.environ.get("META_OPT_PROGRESS") == "1"
+
+
+def _report(args, pairs, indices) -> None:
+    from meta_opt.experiments.run_dir import RunDir
+
+    rows = []
+    for i in indices:
+        rd = RunDir(run_dir_of(args.out, i, *pairs[i]))
+        if rd.is_complete():
+            rows.append((rd.path.name, rd.read_summary()))
+    print()
+    print(format_table(rows))
+    experiments = sorted({Path(args.out) / pairs[i][0].experiment_name for i in indices})
+    if args.no_plots:
+        print(f"\nplot with: meta-opt plot {' '.join(map(str, experiments))}")
+        return
+    from meta_opt.experiments.plots import plot_runs
+
+    for exp_dir in experiments:
+        written = plot_runs([exp_dir], exp_dir / "plots")
+        print(f"\nplots: {exp_dir / 'plots'}/ ({', '.join(p.name for p in written)})")
