@@ -66,8 +66,8 @@ def test_matches_optax_in_float64_where_optax_is_exact():
     # two implementations must agree (this pins that the algorithm is unchanged).
     with jax.enable_x64(True):
         base = optax.sgd(1.0, momentum=0.9)
-        make = lambda eps: (lambda b: optax.contrib.mechanize(b, eps=eps))
-        ours = lambda eps: (lambda b: mechanize(b, eps=eps))
+        make = lambda eps: lambda b: optax.contrib.mechanize(b, eps=eps)
+        ours = lambda eps: lambda b: mechanize(b, eps=eps)
         a = train(make(1e-14), base, jnp.float64, steps=40)
         b = train(ours(1e-14), base, jnp.float64, steps=40)
         np.testing.assert_allclose(a[0], b[0], rtol=1e-7)

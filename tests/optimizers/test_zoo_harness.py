@@ -171,9 +171,7 @@ def _schedule_fields(cls) -> list[str]:
     """Fields that accept a ScheduleConfig (learning rates that may follow a schedule)."""
     hints = typing.get_type_hints(cls)
     return [
-        f.name
-        for f in dataclasses.fields(cls)
-        if ScheduleConfig in typing.get_args(hints[f.name])
+        f.name for f in dataclasses.fields(cls) if ScheduleConfig in typing.get_args(hints[f.name])
     ]
 
 
