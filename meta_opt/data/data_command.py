@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--data-dir", default=None, help="folder to download into")
 
 
-def status(data_dir=None, out=sys.stdout) -> int:
+def status(data_dir=None, out=None) -> int:
     """Prints, for each dataset, each file's state and folder; returns 0."""
+    out = out or sys.stdout
     for name in DATASETS:
         if name in _BUILTIN:
             print(f"{name}: ok, {_BUILTIN[name]}", file=out)
@@ -38,8 +39,9 @@ def status(data_dir=None, out=sys.stdout) -> int:
     return 0
 
 
-def fetch(name: str, data_dir=None, out=sys.stdout) -> int:
+def fetch(name: str, data_dir=None, out=None) -> int:
     """Downloads the files of `name` (or of every dataset for 'all'); 1 if any failed."""
+    out = out or sys.stdout
     names = list(OFFICIAL_FILES) if name == "all" else [name]
     code = 0
     for n in names:
