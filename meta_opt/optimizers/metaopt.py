@@ -111,7 +111,7 @@ def _disturbance_transform(
     if scale_by_adam_betas is not None:
         b1, b2 = scale_by_adam_betas
         parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=adam_eps, eps_root=adam_eps_root))
-    return optax.chain(*parts)
+    return optax.chain(*parts) if parts else optax.identity()
 
 
 def _initial_controller(
@@ -128,9 +128,9 @@ def _initial_controller(
         if isinstance(ctrl, (str, bytes)) or hasattr(ctrl, "__fspath__"):
             ctrl = load_controller(ctrl)
         if isinstance(ctrl, dict):
-            got_method, got = ctrl.get("m_method"), np.asarray(ctrl["M"], np.float32)
+            got_method, got = ctrl.get("m_method"), np.asarray(ctrl["M"])
         else:
-            got = np.asarray(ctrl, np.float32)
+            got = np.asarray(ctrl)
             got_method = M_METHODS[got.ndim - 1] if 1 <= got.ndim <= 3 else None
         want = {"scalar": (H,), "diagonal": (H, n), "full": (H, n, n)}[m_method]
         if got_method != m_method or got.shape != want:
@@ -234,10 +234,9 @@ def metaopt(
     K = H + HH if learn else H
     decay = 1.0 - weight_decay
 
-    def lr_at(s):
-        if callable(base_learning_rate):
-            return jnp.asarray(base_learning_rate(s), jnp.float32)
-        return jnp.asarray(base_learning_rate, jnp.float32)
+    def lr_at(s, dtype=jnp.float32):
+        lr = base_learning_rate(s) if callable(base_learning_rate) else base_learning_rate
+        return jnp.asarray(lr, dtype)
 
     def init_fn(params: Any) -> MetaOptState:
         flat, _ = ravel_pytree(params)
@@ -281,8 +280,8 @@ def metaopt(
             M=M,
             meta_opt_state=meta_tx.init(M),
             learning_rate=jnp.zeros((), jnp.float32),
-            grad_M=jnp.zeros((H,), jnp.float32),
-            gpc_cost=jnp.zeros((), jnp.float32),
+            grad_M=jnp.zeros((H,), M.dtype),
+            gpc_cost=jnp.zeros((), M.dtype),
             gpc_cost_valid=jnp.zeros((), jnp.float32),
         )
         return _constrain(state, n_pad)
@@ -334,7 +333,7 @@ def metaopt(
         x = jnp.pad(x.astype(cdtype), (0, n_pad - n))
         g = jnp.pad(g.astype(cdtype), (0, n_pad - n))
         t = state.step
-        eta_t = lr_at(t)
+        eta_t = lr_at(t, cdtype)
 
         def loss_at(f, y):
             return f(unravel(y[:n]))
@@ -366,12 +365,14 @@ def metaopt(
                     for k in range(HH):
                         s = t - HH + k
                         c = decay ** (HH - 1 - k)
-                        y = y + c * (control(M_, W, s) - lr_at(s) * _row(W, s).astype(cdtype))
+                        base = lr_at(s, cdtype) * _row(W, s).astype(cdtype)
+                        y = y + c * (control(M_, W, s) - base)
                     return loss_at(cost_fn, y), y
                 # Step k = 0 starts at the recorded x_{t-HH}, where the recomputed
                 # disturbance is the recorded w_{t-HH} (grads = grad f(params) by contract).
                 s0 = t - HH
-                y = decay * x0 - lr_at(s0) * _row(W, s0).astype(cdtype) + control(M_, W, s0)
+                base = lr_at(s0, cdtype) * _row(W, s0).astype(cdtype)
+                y = decay * x0 - base + control(M_, W, s0)
                 if HH == 1:
                     return loss_at(cost_fn, y), y
 
@@ -385,7 +386,7 @@ def metaopt(
                         f_s = cost_fn
                     gk = jax.grad(loss_at, argnums=1)(f_s, y)
                     v, ts = transform.update(gk, ts)
-                    y = decay * y - lr_at(s) * v + control(M_, W, s)
+                    y = decay * y - lr_at(s, cdtype) * v + control(M_, W, s)
                     return (y, ts), None
 
                 (y, _), _ = jax.lax.scan(step, (y, lag_next), jnp.arange(1, HH))
@@ -398,13 +399,13 @@ def metaopt(
                     gM = optax.clip_by_global_norm(meta_grad_clip).update(gM, None)[0]
                 upd, meta_state = meta_tx.update(gM, meta_state, M)
                 M = _project(optax.apply_updates(M, upd), max_gpc_norm)
-                return (M, meta_state, _grad_summary(gM, n).astype(jnp.float32),
-                        jnp.asarray(cost, jnp.float32), y_end - x)
+                return (M, meta_state, _grad_summary(gM, n).astype(grad_M.dtype),
+                        jnp.asarray(cost, gpc_cost.dtype), y_end - x)
 
             def skip(operands):
                 M, meta_state = operands
-                return (M, meta_state, jnp.zeros((H,), jnp.float32),
-                        jnp.zeros((), jnp.float32), jnp.zeros_like(x))
+                return (M, meta_state, jnp.zeros_like(grad_M), jnp.zeros_like(gpc_cost),
+                        jnp.zeros_like(x))
 
             if cost_fn is not None and replay_costs:
                 _check_cost_fn(cost_fn, state.cost_fn_history)
@@ -432,7 +433,7 @@ def metaopt(
             grad_history=G,
             M=M,
             meta_opt_state=meta_state,
-            learning_rate=eta_t,
+            learning_rate=eta_t.astype(jnp.float32),
             grad_M=grad_M,
             gpc_cost=gpc_cost,
             gpc_cost_valid=valid,
