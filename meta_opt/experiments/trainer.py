@@ -202,9 +202,13 @@ class Trainer:
         return self.data.eval_batch(self.eval_data, index)
 
     # --- pure functions ----------------------------------------------------------------
+    @staticmethod
+    def episode_init_key(rng, episode):
+        """The key that initialises the model of `episode` (documented: tests pin it)."""
+        return jax.random.fold_in(jax.random.fold_in(rng, episode), _INIT)
+
     def _init_params(self, rng, episode):
-        key = jax.random.fold_in(self._episode_key(rng, episode), _INIT)
-        return self.task.init_with_state(key)
+        return self.task.init_with_state(self.episode_init_key(rng, episode))
 
     def _init(self) -> TrainState:
         episode = jnp.zeros((), jnp.int32)

@@ -1,0 +1,161 @@
+"""The runner's training semantics on a tiny task: configs, full batch, episodes, meshes.
+
+Everything runs in this process (8 simulated CPU devices from tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import runner_toy as toy
+
+from meta_opt.experiments.config import ExperimentConfig
+from meta_opt.experiments.sweep import apply_overrides, parse_value
+from meta_opt.experiments.trainer import Trainer, make_run_mesh
+from meta_opt.optimizers import MetaOptConfig, find_metaopt_state
+from meta_opt.optimizers.config import ConfigError
+
+BASE = dict(experiment_name="core", workload_name=toy.TOY_TASK, seed=1, num_episodes=2,
+            num_iters=8, log_every=4, checkpoint_every=8, eval_every=4, eval_batches=2,
+            batch_size=16)
+METAOPT = MetaOptConfig(H=2, HH=2, m_method="diagonal", meta_learning_rate=1e-2)
+
+
+def exp(**changes) -> ExperimentConfig:
+    return ExperimentConfig(**{**BASE, **changes})
+
+
+# --- configs -------------------------------------------------------------------------------
+def test_experiment_config_json_round_trip():
+    cfg = exp(full_batch=True, data_dir="/tmp/x")
+    again = ExperimentConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    without_kind = {k: v for k, v in cfg.to_dict().items() if k != "config_kind"}
+    assert ExperimentConfig.from_dict(without_kind) == cfg
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(workload_name="ImageMLP_Digit8_Relu32"), "known tasks:"),
+    (dict(num_iters=10, log_every=4), "multiple of log_every"),
+    (dict(checkpoint_every=6), "checkpoint_every (6) must be a multiple of log_every"),
+    (dict(batch_size=10, num_batch_devices=4), "divisible by num_batch_devices"),
+    (dict(eval_split="valid"), "must be one of inner_valid, outer_valid, test, train"),
+    (dict(num_episodes=0), "num_episodes must be > 0"),
+])
+def test_bad_experiment_configs_fail_with_valid_choices(changes, message):
+    with pytest.raises(ConfigError) as e:
+        exp(**changes)
+    assert message in str(e.value)
+    if "workload_name" in changes:
+        assert "ImageMLP_Digits8_Relu32" in str(e.value)  # the suggestion and the list
+
+
+def test_set_overrides_parse_json_and_reject_unknown_keys():
+    pairs = [(exp(), toy.ToySGDConfig())]
+    (e, o), = apply_overrides(pairs, ["experiment.seed=7", "experiment.data_dir=some/dir",
+                                      "optimizer.learning_rate=0.25"])
+    assert (e.seed, e.data_dir, o.learning_rate) == (7, "some/dir", 0.25)
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("null") is None
+    with pytest.raises(ConfigError, match=r"valid keys: .*num_iters"):
+        apply_overrides(pairs, ["experiment.num_iter=5"])
+    with pytest.raises(ConfigError, match=r"valid keys: learning_rate, momentum"):
+        apply_overrides(pairs, ["optimizer.lr=0.1"])
+    with pytest.raises(ConfigError, match="experiment.FIELD=VALUE"):
+        apply_overrides(pairs, ["seed=3"])
+
+
+def test_mesh_must_match_device_count():
+    assert jax.device_count() == 8
+    assert make_run_mesh(exp()) is None  # 1 x 1: the default device
+    assert make_run_mesh(exp(num_batch_devices=2, num_opt_devices=4)).shape == {
+        "batch": 2, "opt": 4}
+    with pytest.raises(ConfigError, match=r"2 x 2 = 4 devices, but 8 cpu device\(s\)"):
+        make_run_mesh(exp(num_batch_devices=2, num_opt_devices=2))
+
+
+# --- data ------------------------------------------------------------------------------------
+def _train(trainer, chunks):
+    state, losses = trainer.init(), []
+    for _ in range(chunks):
+        state, m = trainer.run_chunk(state)
+        losses.append(np.asarray(m["train_loss"]))
+    return state, np.concatenate(losses)
+
+
+def test_full_batch_uses_one_batch_throughout_and_eval_uses_held_out_data():
+    trainer = Trainer(exp(full_batch=True), toy.ToySGDConfig())
+    state = trainer.init()
+    first = trainer.train_batch(state)
+    later = trainer.train_batch(state.replace(episode=jnp.int32(1), step=jnp.int32(5)))
+    jax.tree.map(np.testing.assert_array_equal, first, later)
+    assert np.all(np.asarray(first["split_id"]) == toy.SPLIT_IDS["train"])
+    state, m = trainer.run_chunk(state)
+    assert np.all(np.asarray(m["train_split_id"]) == toy.SPLIT_IDS["train"])
+    ev = trainer.run_eval(state)
+    assert float(ev["eval_split_id"]) == toy.SPLIT_IDS["test"]
+    for i in range(2):  # the fixed evaluation batches come from the held-out split
+        assert np.all(np.asarray(trainer.eval_batch(i)["split_id"]) == toy.SPLIT_IDS["test"])
+
+    sampled = Trainer(exp(full_batch=False), toy.ToySGDConfig())
+    s0 = sampled.init()
+    a = sampled.train_batch(s0)
+    b = sampled.train_batch(s0.replace(step=jnp.int32(1)))
+    assert not np.array_equal(np.asarray(a["x"]), np.asarray(b["x"]))
+
+
+def _close(a, b):
+    # Eager and jitted inits of the same key may differ in the last bit (fusion).
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# --- episodes --------------------------------------------------------------------------------
+def test_episodes_reinit_params_and_optimizer_state_for_baselines():
+    trainer = Trainer(exp(), toy.ToySGDConfig(momentum=0.9))
+    state, _ = _train(trainer, 2)
+    nxt = trainer.next_episode(state)
+    assert int(nxt.episode) == 1 and int(nxt.step) == 0
+    want = trainer.task.init(Trainer.episode_init_key(trainer.rng, 1))
+    jax.tree.map(_close, nxt.params, want)
+    first = trainer.task.init(Trainer.episode_init_key(trainer.rng, 0))
+    assert not np.allclose(nxt.params["w"], first["w"])
+    jax.tree.map(_close, nxt.opt_state, trainer.tx.init(want))
+
+
+@pytest.fixture(scope="module")
+def metaopt_run():
+    """A single-device MetaOpt trainer and its state/losses after two chunks (shared)."""
+    trainer = Trainer(exp(), METAOPT)
+    state, losses = _train(trainer, 2)
+    return trainer, state, losses
+
+
+def test_episodes_carry_metaopt_controller_and_reinit_params(metaopt_run):
+    trainer, state, losses = metaopt_run
+    m_init = np.asarray(find_metaopt_state(trainer.init().opt_state).M)
+    assert np.all(np.isfinite(losses))
+    before = find_metaopt_state(state.opt_state)
+    assert not np.allclose(np.asarray(before.M), m_init)  # the controller learned
+    nxt = trainer.next_episode(state)
+    after = find_metaopt_state(nxt.opt_state)
+    np.testing.assert_array_equal(np.asarray(after.M), np.asarray(before.M))
+    jax.tree.map(np.testing.assert_array_equal, after.meta_opt_state, before.meta_opt_state)
+    assert int(after.step) == 0 and not np.any(np.asarray(after.disturbances))
+    want = trainer.task.init(Trainer.episode_init_key(trainer.rng, 1))
+    jax.tree.map(_close, nxt.params, want)
+
+
+# --- meshes ----------------------------------------------------------------------------------
+def test_2x4_mesh_matches_single_device_losses(metaopt_run):
+    single, s1, l1 = metaopt_run
+    sharded = Trainer(exp(num_batch_devices=2, num_opt_devices=4), METAOPT)
+    assert sharded.mesh is not None and single.mesh is None
+    s8, l8 = _train(sharded, 2)
+    np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-5)
+    m1 = find_metaopt_state(s1.opt_state).M
+    m8 = find_metaopt_state(s8.opt_state).M
+    np.testing.assert_allclose(np.asarray(m8)[..., :21], np.asarray(m1)[..., :21],
+                               rtol=1e-5, atol=1e-6)
+    e1, e8 = single.run_eval(s1), sharded.run_eval(s8)
+    np.testing.assert_allclose(float(e8["eval_loss"]), float(e1["eval_loss"]), rtol=1e-5)
