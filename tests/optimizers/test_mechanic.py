@@ -79,7 +79,7 @@ def test_starts_from_the_params_seen_at_the_first_update():
     tx = mechanize(optax.sgd(1.0))
     state = tx.init(jnp.zeros(3))
     params = jnp.ones(3)  # e.g. pre-trained weights swapped in after init
-    _, state = tx.update(jnp.ones(3), state, params)
+    _, state = jax.jit(tx.update)(jnp.ones(3), state, params)
     np.testing.assert_array_equal(state.x0, params)
 
 
@@ -87,7 +87,7 @@ def test_bfloat16_params_keep_float32_scale_statistics():
     x = jnp.ones(4, jnp.bfloat16)
     tx = mechanize(optax.sgd(1.0))
     state = tx.init(x)
-    updates, new_state = tx.update(x, state, x)
+    updates, new_state = jax.jit(tx.update)(x, state, x)
     assert updates.dtype == jnp.bfloat16
     assert new_state.s.dtype == jnp.float32 and new_state.delta.dtype == jnp.bfloat16
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -97,6 +97,6 @@ def test_config_wraps_the_nested_base_optimizer():
     cfg = MechanicConfig(base_optimizer=SGDConfig(learning_rate=1.0), weight_decay=0.0)
     x = jnp.asarray(np.linspace(0.5, 1.5, 16), jnp.float32)
     tx_cfg, tx_ref = cfg.make_jax(), mechanize(optax.sgd(1.0), weight_decay=0.0)
-    ua, _ = tx_cfg.update(x, tx_cfg.init(x), x)
-    ub, _ = tx_ref.update(x, tx_ref.init(x), x)
+    ua, _ = jax.jit(tx_cfg.update)(x, tx_cfg.init(x), x)
+    ub, _ = jax.jit(tx_ref.update)(x, tx_ref.init(x), x)
     np.testing.assert_array_equal(ua, ub)
