@@ -16,8 +16,10 @@ from meta_opt.tasks.quadratics import (
     TargetQuadraticTask,
 )
 from meta_opt.tasks.registry import get_task, is_task, list_tasks, register_task
+from meta_opt.tasks.test_functions import TEST_FUNCTIONS, BenchmarkFunction
 
 __all__ = [
+    "BenchmarkFunction",
     "ByteLMTask",
     "ClassificationTask",
     "ConvTask",
@@ -29,6 +31,7 @@ __all__ = [
     "NoisyQuadraticFamily",
     "NoisyQuadraticTask",
     "QuadraticTask",
+    "TEST_FUNCTIONS",
     "TargetQuadraticTask",
     "Task",
     "VGG16Task",
