@@ -107,6 +107,16 @@ def precheck(pairs) -> None:
         make_run_mesh(exp_cfg)
 
 
+def _check_wandb() -> None:
+    try:
+        import wandb  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "--wandb needs the wandb package, which is not installed; install it with "
+            "`pip install wandb` (WANDB_MODE=offline logs without a network), or drop --wandb"
+        ) from e
+
+
 def run_dir_of(out: str, index: int, exp_cfg, opt_cfg) -> Path:
     from meta_opt.experiments.sweep import pair_name
 
@@ -210,7 +220,9 @@ def main(args) -> int:
                 print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}")
             return 0
         precheck([pairs[i] for i in indices])
-    except (ConfigError, KeyError) as e:
+        if args.wandb:
+            _check_wandb()
+    except (ConfigError, KeyError, RuntimeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
 
