@@ -139,5 +139,8 @@ class LearnableAdam(LearnedOptimizer):
                 b1=1.0 - jnp.exp(theta["one_minus_beta1"]),
                 b2=1.0 - jnp.exp(theta["one_minus_beta2"]),
                 eps=jnp.exp(theta["log_epsilon"]),
+                # sqrt has an infinite derivative at 0: a coordinate whose gradient is
+                # always zero would give NaN meta-gradients without this tiny offset.
+                eps_root=1e-30,
             )
         )

@@ -60,7 +60,7 @@ def init_mlp(key: chex.PRNGKey, sizes: Sequence[int]) -> list[dict[str, jax.Arra
     """LeCun-normal dense layers; plain dicts so theta is a simple pytree."""
     layers = []
     for k, (n_in, n_out) in zip(
-        jax.random.split(key, len(sizes) - 1), zip(sizes, sizes[1:], strict=True), strict=True
+        jax.random.split(key, len(sizes) - 1), zip(sizes, sizes[1:], strict=False), strict=True
     ):
         w = jax.random.normal(k, (n_in, n_out), jnp.float32) / jnp.sqrt(n_in)
         layers.append({"w": w, "b": jnp.zeros((n_out,), jnp.float32)})
