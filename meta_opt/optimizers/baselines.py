@@ -420,7 +420,8 @@ class PolyakSGDConfig(OptimizerConfig):
 class ScheduleFreeSGDConfig(OptimizerConfig):
     """Schedule-free SGD: interpolation and averaging replace momentum and the schedule.
 
-    The learning rate is a constant by design (optional linear `warmup_steps`). Evaluate at
+    The learning rate is a constant by design (optional linear `warmup_steps`; None or 0
+    for none). Evaluate at
     `schedule_free_eval_params(state, params)`, not at `params`.
 
     References:
@@ -436,14 +437,14 @@ class ScheduleFreeSGDConfig(OptimizerConfig):
     grad_clip: float | None = None
 
     def validate(self) -> None:
-        self.check_positive("learning_rate", "warmup_steps", "grad_clip")
-        self.check_nonnegative("weight_decay", "weight_lr_power")
+        self.check_positive("learning_rate", "grad_clip")
+        self.check_nonnegative("warmup_steps", "weight_decay", "weight_lr_power")
         self.check_in_unit_interval("b1")
 
     def make_jax(self) -> optax.GradientTransformationExtraArgs:
         tx = contrib.schedule_free_sgd(
             self.learning_rate,
-            warmup_steps=self.warmup_steps,
+            warmup_steps=self.warmup_steps or None,
             b1=self.b1,
             weight_decay=_none_if_zero(self.weight_decay),
             weight_lr_power=self.weight_lr_power,
@@ -471,14 +472,14 @@ class ScheduleFreeAdamWConfig(OptimizerConfig):
     grad_clip: float | None = None
 
     def validate(self) -> None:
-        self.check_positive("learning_rate", "warmup_steps", "eps", "grad_clip")
-        self.check_nonnegative("weight_decay", "weight_lr_power")
+        self.check_positive("learning_rate", "eps", "grad_clip")
+        self.check_nonnegative("warmup_steps", "weight_decay", "weight_lr_power")
         self.check_in_unit_interval("b1", "b2")
 
     def make_jax(self) -> optax.GradientTransformationExtraArgs:
         tx = contrib.schedule_free_adamw(
             self.learning_rate,
-            warmup_steps=self.warmup_steps,
+            warmup_steps=self.warmup_steps or None,
             b1=self.b1,
             b2=self.b2,
             eps=self.eps,

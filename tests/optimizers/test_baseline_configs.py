@@ -25,6 +25,7 @@ from meta_opt.optimizers import (
     ScheduleFreeSGDConfig,
     SGDConfig,
     WarmupCosineSchedule,
+    list_optimizers,
     register_optimizer,
     schedule_free_eval_params,
 )
@@ -85,6 +86,7 @@ def trajectory(tx, steps=3):
             ScheduleFreeSGDConfig(0.5, warmup_steps=2, b1=0.8),
             contrib.schedule_free_sgd(0.5, warmup_steps=2, b1=0.8),
         ),
+        (ScheduleFreeSGDConfig(0.5, warmup_steps=0), contrib.schedule_free_sgd(0.5)),
         (
             ScheduleFreeAdamWConfig(0.01, b1=0.8, b2=0.99),
             contrib.schedule_free_adamw(0.01, b1=0.8, b2=0.99),
@@ -97,6 +99,12 @@ def test_config_equals_the_optax_optimizer(cfg, reference):
     want, _ = trajectory(optax.with_extra_args_support(reference))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert not np.allclose(got[-1], X0)  # it moved
+
+
+def test_the_zoo_is_registered_under_its_documented_names():
+    zoo = {"SGD", "AdamW", "DoG", "DoWG", "Mechanic", "DAdaptAdamW", "Prodigy", "COCOB"}
+    zoo |= {"PolyakSGD", "ScheduleFreeSGD", "ScheduleFreeAdamW", "SGDHD", "AdamHD"}
+    assert zoo <= set(list_optimizers())
 
 
 def test_sgd_weight_decay_is_coupled_l2():
