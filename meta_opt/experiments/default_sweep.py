@@ -35,7 +35,7 @@ OPTIMIZERS = [
     dict(METAOPT, m_method="diagonal"),
     dict(optimizer_name="SGD", learning_rate=0.1),
     dict(optimizer_name="SGD", learning_rate=0.1, momentum=0.9),
-    dict(optimizer_name="AdamW", learning_rate=1e-3),
+    dict(optimizer_name="AdamW", learning_rate=1e-2),
     dict(optimizer_name="DoG"),
 ]
 

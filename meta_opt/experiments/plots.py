@@ -45,7 +45,12 @@ def _index(name: str) -> int:
 
 def _load(pair_dir: Path) -> dict[str, Any]:
     config = json.loads((pair_dir / "config.json").read_text())
-    return {"name": f"{pair_dir.parent.name}/{pair_dir.name}", "label": pair_dir.name,
+    label = pair_dir.name
+    summary = pair_dir / "summary.json"
+    if summary.exists():
+        settings = json.loads(summary.read_text()).get("settings")
+        label = f"{label} ({settings[:40]})" if settings else label
+    return {"name": f"{pair_dir.parent.name}/{pair_dir.name}", "label": label,
             "config": config, "records": read_jsonl(pair_dir / "metrics.jsonl")}
 
 

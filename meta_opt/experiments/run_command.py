@@ -73,16 +73,14 @@ class _StopFlag:
 
 
 def load_pairs(args) -> list:
-    """The sweep's pairs after overrides (from CONFIG or the built-in default)."""
-    from meta_opt.experiments.sweep import apply_overrides, check_pairs, load_sweep
+    """The sweep's pairs as written (CONFIG, or the built-in default), before overrides."""
+    from meta_opt.experiments.sweep import check_pairs, load_sweep
 
     if args.config is None:
         from meta_opt.experiments.default_sweep import get_config
 
-        pairs = check_pairs(get_config(), where="the default sweep")
-    else:
-        pairs = load_sweep(args.config)
-    return apply_overrides(pairs, args.overrides)
+        return check_pairs(get_config(), where="the default sweep")
+    return load_sweep(args.config)
 
 
 def _selected(args, n: int) -> list[int]:
@@ -179,14 +177,14 @@ def _run_parallel(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
 
 def format_table(rows: list[tuple[str, dict]]) -> str:
     """The comparison table: one row per pair."""
-    header = ("pair", "optimizer", "loss@end ep1", "loss@end last", "best eval acc", "steps/s")
+    header = ("pair", "settings", "loss@end ep1", "loss@end last", "best eval acc", "steps/s")
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
     lines = [header]
     for name, s in rows:
-        lines.append((name, s.get("optimizer_name", "?"),
+        lines.append((name, s.get("settings", "")[:48],
                       fmt(s.get("first_episode_final_loss"), ".4g"),
                       fmt(s.get("last_episode_final_loss"), ".4g"),
                       fmt(s.get("best_eval_accuracy"), ".4f"),
@@ -210,8 +208,13 @@ def main(args) -> int:
         print(f"--parallel must be >= 1, got {args.parallel}", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        from meta_opt.experiments.sweep import apply_overrides
+
         pairs = load_pairs(args)
         indices = _selected(args, len(pairs))
+        # Overrides apply to the selected pairs (indices, hence run directories, are kept).
+        for i in indices:
+            pairs[i] = apply_overrides([pairs[i]], args.overrides)[0]
         if args.list:
             from meta_opt.experiments.sweep import describe
 

@@ -22,7 +22,7 @@ from meta_opt.experiments.checkpoints import Checkpointer
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import MetricsWriter, init_wandb, read_jsonl
 from meta_opt.experiments.run_dir import RunDir, write_json_atomic
-from meta_opt.experiments.sweep import pair_to_dict
+from meta_opt.experiments.sweep import non_default_fields, pair_to_dict
 from meta_opt.experiments.trainer import Trainer, TrainState
 from meta_opt.optimizers.config import OptimizerConfig
 
@@ -72,6 +72,7 @@ def summarize(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig,
     sps = 1.0 / statistics.median(times) if times else None
     return {
         "optimizer_name": opt_cfg.registered_name(),
+        "settings": non_default_fields(opt_cfg),
         "workload_name": exp_cfg.workload_name,
         "num_episodes": exp_cfg.num_episodes,
         "num_iters": exp_cfg.num_iters,

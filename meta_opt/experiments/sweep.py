@@ -114,12 +114,24 @@ def pair_from_dict(d: dict[str, Any]) -> Pair:
     return ExperimentConfig.from_dict(d["experiment"]), OptimizerConfig.from_dict(d["optimizer"])
 
 
-def describe(opt_cfg: OptimizerConfig) -> str:
-    """Short human description of an optimizer config: its non-default fields."""
+def non_default_fields(opt_cfg: OptimizerConfig) -> str:
+    """'k=v, ...' for the fields that differ from their defaults (what tells pairs apart)."""
     parts = []
     for f in dataclasses.fields(opt_cfg):
         value = getattr(opt_cfg, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
         if value != default:
+            if isinstance(value, OptimizerConfig):
+                value = value.registered_name()
             parts.append(f"{f.name}={value}")
-    return f"{opt_cfg.registered_name()}({', '.join(parts)})"
+    return ", ".join(parts)
+
+
+def describe(opt_cfg: OptimizerConfig) -> str:
+    """Short human description of an optimizer config: name and non-default fields."""
+    return f"{opt_cfg.registered_name()}({non_default_fields(opt_cfg)})"
