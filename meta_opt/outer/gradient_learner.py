@@ -123,7 +123,7 @@ class GradientLearner:
         theta_opt_state = self.theta_opt.update(state.theta_opt_state, grads, loss=loss)
         metrics = {
             "mean_loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "num_nonfinite_grads": num_nonfinite,
             "num_nonfinite_losses": jnp.sum(~jnp.isfinite(losses)),
         }
