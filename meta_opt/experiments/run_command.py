@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the pairs of the sweep (after --set) and exit")
     parser.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
 
 class _StopFlag:
@@ -141,7 +141,7 @@ def _child_command(args, index: int, position: int) -> list[str]:
         cmd.append(args.config)
     for item in args.overrides:
         cmd += ["--set", item]
-    cmd += ["--out", args.out, "--only", str(index), "--no-table", "--no-plots",
+    cmd += ["--out", args.out, "--only", str(index), "--child", "--no-plots",
             "--position", str(position)]
     for flag in ("restart", "wandb", "no_progress"):
         if getattr(args, flag):
@@ -160,7 +160,10 @@ def _run_parallel(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
         while pending and len(running) < args.parallel and not stop():
             index = pending.pop(0)
             slots[index] = free.pop(0)
-            proc = subprocess.Popen(_child_command(args, index, slots[index]))
+            # Own session: a terminal Ctrl-C reaches the children once, forwarded by
+            # the handler above (twice would abort them without a checkpoint).
+            proc = subprocess.Popen(_child_command(args, index, slots[index]),
+                                    start_new_session=True)
             running[index] = proc
             stop.children.append(proc)
         if stop() and not running:
@@ -237,12 +240,14 @@ def main(args) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if stop():
+        if args.child:  # the parent prints the resume command of the whole sweep
+            return SIGNAL_EXIT[stop.signum]
         print(f"\nstopped by {signal.Signals(stop.signum).name}; progress is checkpointed. "
               f"Resume with:\n  {resume_command(args)}", file=sys.stderr)
         return SIGNAL_EXIT[stop.signum]
     if failed is not None:
         return failed
-    if not args.no_table:
+    if not args.child:
         _report(args, pairs, indices)
     return 0
 
