@@ -6,6 +6,16 @@ wraps params (and model state) into an optimizer state and whose `update` maps
 their weights theta, so meta-gradients flow through `update`. Every optax
 transformation becomes an `Optimizer` through `OptaxOptimizer`, and every `Optimizer`
 becomes an optax transformation through `to_optax`.
+
+The flows of the learned_optimization tutorial run as written (see
+tests/optimizers/test_optimizer_api.py): `opt.init(params)`, `opt.update(state, grads, loss)`,
+`opt.get_params(state)` / `get_params_state(state)`, jitting a whole train step that closes
+over `opt`, and custom subclasses that call `super().__init__()` and bring their own
+`flax.struct.dataclass` state.
+
+References:
+  Metz et al., "Practical tradeoffs between memory, compute, and performance in learned
+  optimizers", CoLLAs 2022 (learned_optimization, whose Optimizer API this mirrors).
 """
 
 from __future__ import annotations
@@ -24,7 +34,14 @@ OptState = Any
 
 
 class Optimizer:
-    """Base class: stateless; all state lives in the pytree returned by `init`."""
+    """Base class: stateless; all state lives in the pytree returned by `init`.
+
+    Subclasses implement `init` and `update`. The default accessors expect a state with
+    `params` and `state` (model state) fields and a `replace` method (a
+    `flax.struct.dataclass`); override `get_params` / `get_state` / `set_params` otherwise.
+    Hyperparameters may be traced arrays (e.g. built from a learned optimizer's theta), so
+    meta-gradients flow through `update`.
+    """
 
     def __init__(self) -> None:
         pass
@@ -36,7 +53,8 @@ class Optimizer:
         num_steps: int | None = None,
         key: chex.PRNGKey | None = None,
     ) -> OptState:
-        raise NotImplementedError
+        """The initial state holding `params` and `model_state` (num_steps: the horizon)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init")
 
     def update(
         self,
@@ -47,7 +65,8 @@ class Optimizer:
         key: chex.PRNGKey | None = None,
         **kwargs: Any,
     ) -> OptState:
-        raise NotImplementedError
+        """The next state after one step on `grad` (and the `loss` it came with)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update")
 
     def get_params(self, opt_state: OptState) -> Params:
         return opt_state.params
@@ -56,6 +75,7 @@ class Optimizer:
         return opt_state.state
 
     def get_params_state(self, opt_state: OptState) -> tuple[Params, ModelState]:
+        """(params, model state) of `opt_state`."""
         return self.get_params(opt_state), self.get_state(opt_state)
 
     def set_params(self, opt_state: OptState, params: Params) -> OptState:
@@ -115,7 +135,11 @@ class SGD(OptaxOptimizer):
 
 
 class SGDM(OptaxOptimizer):
-    """SGD with heavy-ball momentum."""
+    """SGD with heavy-ball momentum (optax.sgd with `momentum`).
+
+    References:
+      Polyak, "Some methods of speeding up the convergence of iteration methods", 1964.
+    """
 
     def __init__(self, learning_rate: float = 1e-2, momentum: float = 0.9):
         self.learning_rate, self.momentum = learning_rate, momentum
@@ -123,7 +147,11 @@ class SGDM(OptaxOptimizer):
 
 
 class Adam(OptaxOptimizer):
-    """Adam (Kingma & Ba, 2015)."""
+    """Adam with learned_optimization's defaults (lr 1e-4, eps 1e-8, eps_root 1e-8).
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    """
 
     def __init__(
         self,
