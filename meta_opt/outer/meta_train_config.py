@@ -1,0 +1,212 @@
+"""`MetaTrainConfig`: a meta-training run as data, and the builders that turn it into objects.
+
+A config file for `meta-opt meta-train` is Python with `get_config()` returning a
+`MetaTrainConfig` or a dict of its fields. `with_overrides(["key=value", ...])` applies
+`--set` values (parsed as JSON when possible, else kept as strings). Task families are
+named by strings (see `build_task_family`), so configs stay JSON round-trippable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from typing import Any
+
+import optax
+
+from meta_opt.learned import AdafacMLPLOpt, LearnableAdam, LearnableSGD, LearnableSGDM, MLPLOpt
+from meta_opt.learned.base import LearnedOptimizer
+from meta_opt.optimizers.optimizer import OptaxOptimizer
+from meta_opt.outer.full_es import FullES
+from meta_opt.outer.full_grad import FullGrad
+from meta_opt.outer.gradient_estimator import GradientEstimator
+from meta_opt.outer.truncated_es import TruncatedES
+from meta_opt.outer.truncated_grad import TruncatedGrad
+from meta_opt.outer.truncated_pes import TruncatedPES
+from meta_opt.outer.truncation_schedules import (
+    ConstantTruncationSchedule,
+    LogUniformLengthSchedule,
+    TruncationSchedule,
+)
+from meta_opt.tasks.base import TaskFamily, single_task_to_family
+
+LEARNED_OPTIMIZERS = {
+    "LearnableSGD": LearnableSGD,
+    "LearnableSGDM": LearnableSGDM,
+    "LearnableAdam": LearnableAdam,
+    "MLPLOpt": MLPLOpt,
+    "AdafacMLPLOpt": AdafacMLPLOpt,
+}
+ESTIMATORS = ("TruncatedPES", "TruncatedES", "TruncatedGrad", "FullES", "FullGrad")
+THETA_OPTIMIZERS = ("adam", "sgd")
+_DATASETS = {"Digits": "digits", "Mnist": "mnist", "FashionMnist": "fashion_mnist"}
+_FAMILY_RE = re.compile(r"ImageMLPFamily_(Digits|Mnist|FashionMnist)(\d+)_(\d+(?:x\d+)*)$")
+_QUAD_RE = re.compile(r"FixedDimQuadraticFamily(\d+)$")
+
+
+def _choice(kind: str, value: str, known) -> None:
+    if value not in known:
+        close = difflib.get_close_matches(value, list(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown {kind} '{value}'{hint}; known: {', '.join(known)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    """Everything a meta-training run needs; validated on construction.
+
+    Attributes:
+      name: run name (the default output folder is runs/meta_train/<name>).
+      learned_optimizer: one of LEARNED_OPTIMIZERS; lopt_kwargs go to its constructor.
+      estimator: one of ESTIMATORS; one estimator per task family.
+      task_families: names for `build_task_family`.
+      num_tasks, trunc_length, std, random_initial_iteration_offset, meta_loss_split:
+        estimator arguments (offset -1 means max_length).
+      min_length, max_length: a LogUniformLengthSchedule (equal: constant length).
+      theta_optimizer, theta_lr, theta_grad_clip: the meta-optimizer (clip 0 = none).
+      num_steps, seed, log_every, checkpoint_every: the loop.
+      data_dir, batch_size: passed to data-driven tasks.
+    """
+
+    name: str = "meta_train"
+    learned_optimizer: str = "MLPLOpt"
+    lopt_kwargs: dict = dataclasses.field(default_factory=dict)
+    estimator: str = "TruncatedPES"
+    task_families: tuple = ("ImageMLPFamily_Digits8_32",)
+    num_tasks: int = 4
+    trunc_length: int = 10
+    std: float = 0.01
+    random_initial_iteration_offset: int = -1
+    meta_loss_split: str | None = "outer_valid"
+    min_length: int = 50
+    max_length: int = 200
+    theta_optimizer: str = "adam"
+    theta_lr: float = 1e-3
+    theta_grad_clip: float = 0.0
+    num_steps: int = 500
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    data_dir: str | None = None
+    batch_size: int = 128
+
+    def __post_init__(self):
+        _choice("learned_optimizer", self.learned_optimizer, LEARNED_OPTIMIZERS)
+        _choice("estimator", self.estimator, ESTIMATORS)
+        _choice("theta_optimizer", self.theta_optimizer, THETA_OPTIMIZERS)
+        object.__setattr__(self, "task_families", tuple(self.task_families))
+        if not self.task_families:
+            raise ValueError("task_families must name at least one task family")
+        for key in ("num_tasks", "trunc_length", "min_length", "num_steps", "batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("log_every", "checkpoint_every"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        if self.max_length < self.min_length:
+            raise ValueError(
+                f"max_length ({self.max_length}) must be >= min_length ({self.min_length})"
+            )
+        if not self.std > 0 or not self.theta_lr > 0:
+            raise ValueError(f"std and theta_lr must be > 0, got {self.std}, {self.theta_lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["task_families"] = list(self.task_families)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown meta-train config keys {unknown}; known: {known}")
+        return cls(**d)
+
+    def with_overrides(self, assignments: list[str]) -> MetaTrainConfig:
+        """Applies ["key=value", ...]; values are JSON (e.g. 3, 1e-3, null, [..]) or strings."""
+        d = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"--set expects key=value, got '{item}'")
+            key, raw = item.split("=", 1)
+            if key not in d:
+                raise ValueError(f"unknown meta-train config key '{key}'; known: {list(d)}")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            if key == "task_families" and isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            d[key] = value
+        return MetaTrainConfig.from_dict(d)
+
+
+def build_task_family(name: str, data_dir: str | None = None, batch_size: int = 128) -> TaskFamily:
+    """A task family by name.
+
+    `FixedDimQuadraticFamily<dim>`; `ImageMLPFamily_<Digits|Mnist|FashionMnist><size>_<w1>x..`
+    (ReLU MLP family with sampled init scale); any `meta_opt.tasks.get_task` name (wrapped
+    with `single_task_to_family`).
+    """
+    from meta_opt.tasks import get_task  # noqa: PLC0415 - imports every built-in task
+    from meta_opt.tasks.families import ImageMLPFamily  # noqa: PLC0415
+    from meta_opt.tasks.quadratics import FixedDimQuadraticFamily  # noqa: PLC0415
+
+    if m := _QUAD_RE.match(name):
+        return FixedDimQuadraticFamily(int(m.group(1)))
+    if m := _FAMILY_RE.match(name):
+        hidden = tuple(int(w) for w in m.group(3).split("x"))
+        return ImageMLPFamily(
+            _DATASETS[m.group(1)],
+            int(m.group(2)),
+            hidden,
+            activations=("relu",),
+            batch_size=batch_size,
+            data_dir=data_dir,
+        )
+    return single_task_to_family(get_task(name, data_dir=data_dir, batch_size=batch_size))
+
+
+def build_learned_optimizer(config: MetaTrainConfig) -> LearnedOptimizer:
+    return LEARNED_OPTIMIZERS[config.learned_optimizer](**config.lopt_kwargs)
+
+
+def build_trunc_sched(config: MetaTrainConfig) -> TruncationSchedule:
+    if config.min_length == config.max_length:
+        return ConstantTruncationSchedule(config.max_length)
+    return LogUniformLengthSchedule(config.min_length, config.max_length)
+
+
+def build_estimator(
+    config: MetaTrainConfig, lopt: LearnedOptimizer, family: TaskFamily
+) -> GradientEstimator:
+    sched = build_trunc_sched(config)
+    offset = config.random_initial_iteration_offset
+    offset = config.max_length if offset < 0 else offset
+    common = dict(
+        task_family=family,
+        learned_opt=lopt,
+        trunc_sched=sched,
+        num_tasks=config.num_tasks,
+        meta_loss_split=config.meta_loss_split,
+    )
+    truncated = dict(trunc_length=config.trunc_length, random_initial_iteration_offset=offset)
+    if config.estimator == "TruncatedPES":
+        return TruncatedPES(**common, **truncated, std=config.std)
+    if config.estimator == "TruncatedES":
+        return TruncatedES(**common, **truncated, std=config.std)
+    if config.estimator == "TruncatedGrad":
+        return TruncatedGrad(**common, **truncated)
+    if config.estimator == "FullES":
+        return FullES(**common, std=config.std)
+    return FullGrad(**common)
+
+
+def build_theta_opt(config: MetaTrainConfig) -> OptaxOptimizer:
+    base = (optax.adam if config.theta_optimizer == "adam" else optax.sgd)(config.theta_lr)
+    if config.theta_grad_clip > 0:
+        base = optax.chain(optax.clip_by_global_norm(config.theta_grad_clip), base)
+    return OptaxOptimizer(base)
