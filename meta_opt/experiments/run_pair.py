@@ -67,7 +67,7 @@ def summarize(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig,
         episodes.append({k: v for k, v in last.items()
                          if k == "episode" or k.startswith(("train_loss", "eval_"))})
     accs = [r["eval_accuracy"] for r in records if isinstance(r.get("eval_accuracy"), float)]
-    # Median seconds per step: robust to the first chunk of each process (compilation).
+    # Median seconds per step (compilation happens before the first chunk is timed).
     times = [r["step_time"] for r in records if r.get("step_time")]
     sps = 1.0 / statistics.median(times) if times else None
     return {
@@ -135,6 +135,7 @@ def run_pair(
     resume_step = ckpt.latest_step()
     if resume_step is not None:
         state, _ = ckpt.restore(state)
+    compile_seconds = trainer.compile(state)
     wandb_run = None
     if wandb:
         wandb_run = init_wandb(exp_cfg.experiment_name, rd.path.name,
@@ -190,5 +191,6 @@ def run_pair(
         if wandb_run is not None:
             wandb_run.finish()
     summary = summarize(exp_cfg, opt_cfg, read_jsonl(rd.metrics))
+    summary["compile_seconds"] = compile_seconds  # of the last process (not reproducible)
     write_json_atomic(rd.summary, summary)
     return summary
