@@ -72,12 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"dimension (2-D-only functions use 2; default {sb.DEFAULT_DIM})",
     )
     p.add_argument(
-        "--steps", type=_positive_int, default=sb.DEFAULT_STEPS, help="steps per run"
+        "--steps",
+        type=_positive_int,
+        default=sb.DEFAULT_STEPS,
+        help=f"steps per run (default {sb.DEFAULT_STEPS})",
     )
     p.add_argument(
-        "--seeds", type=_positive_int, default=sb.DEFAULT_SEEDS, help="initial points"
+        "--seeds",
+        type=_positive_int,
+        default=sb.DEFAULT_SEEDS,
+        help=f"random initial points per function (default {sb.DEFAULT_SEEDS})",
     )
-    p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
+    p.add_argument("--seed", type=int, default=0, help="base PRNG seed (default 0)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write CSV and PNG")
 
 
