@@ -1,0 +1,148 @@
+"""MetaOpt's public surface: config, errors, logging metrics, controller files, chains."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from meta_opt.optimizers import (
+    ConfigError,
+    CostFn,
+    MetaOptConfig,
+    OptimizerConfig,
+    find_metaopt_state,
+    list_optimizers,
+    load_controller,
+    make_cost_fn,
+    metaopt,
+    save_controller,
+)
+
+
+def mse(params, batch, scale=1.0):
+    return scale * jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32),
+            "y": jnp.asarray(rng.standard_normal(4), jnp.float32)}
+
+
+PARAMS = {"w": jnp.zeros(3)}
+
+
+def test_cost_fn_binds_arguments_and_is_a_pytree_usable_under_jit_and_vmap():
+    f = make_cost_fn(mse, _batch(), scale=2.0)
+    assert isinstance(f, CostFn)
+    np.testing.assert_allclose(f(PARAMS), mse(PARAMS, _batch(), scale=2.0))
+    np.testing.assert_allclose(jax.jit(lambda f, p: f(p))(f, PARAMS), f(PARAMS))
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), f, make_cost_fn(mse, _batch(1), scale=2.0))
+    vals = jax.vmap(lambda f: f(PARAMS))(stacked)
+    np.testing.assert_allclose(vals[1], mse(PARAMS, _batch(1), scale=2.0), rtol=1e-6)
+
+
+def test_config_is_registered_and_round_trips_with_nested_meta_optimizer_and_schedule():
+    assert "MetaOpt" in list_optimizers() and MetaOptConfig.requires_cost_fn
+    cfg = MetaOptConfig.from_dict({
+        "optimizer_name": "MetaOpt", "H": 3, "HH": 2, "m_method": "diagonal",
+        "scale_by_adam_betas": [0.9, 0.99], "dtype": "bfloat16",
+        "base_learning_rate": {"schedule_name": "Cosine", "init_value": 0.1,
+                               "decay_steps": 100} if "Cosine" in _schedules() else 0.1,
+        "meta_optimizer": {"optimizer_name": "AdamW", "learning_rate": 1e-3},
+    })
+    back = OptimizerConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.scale_by_adam_betas == (0.9, 0.99)
+    f = make_cost_fn(mse, _batch())
+    tx = back.make_jax(example_cost_fn=f)
+    state = tx.init(PARAMS)
+    u, state = jax.jit(lambda g, s, p: tx.update(g, s, p, cost_fn=f))(PARAMS, state, PARAMS)
+    assert state.disturbances.dtype == jnp.bfloat16 and u["w"].dtype == jnp.float32
+
+
+def _schedules():
+    from meta_opt.optimizers import list_schedules
+    return list_schedules()
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"H": 0}, "H"), ({"m_method": "banded"}, "m_method"), ({"dtype": "int8"}, "dtype"),
+    ({"max_gpc_norm": -1.0}, "max_gpc_norm"), ({"weight_decay": -0.1}, "weight_decay"),
+])
+def test_config_rejects_bad_values_naming_the_field(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        MetaOptConfig(**bad)
+
+
+def test_bad_arguments_give_clear_errors():
+    with pytest.raises(ValueError, match="H .* >= 1, got 0"):
+        metaopt(0.1, H=0)
+    with pytest.raises(ValueError, match="unknown m_method 'banded'.*scalar, diagonal, full"):
+        metaopt(0.1, m_method="banded")
+    with pytest.raises(ValueError, match="example_cost_fn"):
+        metaopt(0.1, HH=2).init(PARAMS)  # real rollouts replaying costs need the structure
+    tx = metaopt(0.1, fake_the_dynamics=True)
+    with pytest.raises(ValueError, match="cost_fn"):
+        tx.update(PARAMS, tx.init(PARAMS), PARAMS)
+    big = {"w": jnp.zeros((100, 100))}
+    with pytest.raises(ValueError, match=r"'full' controller for 10000 parameters needs .*GiB"):
+        metaopt(0.1, m_method="full", fake_the_dynamics=True,
+                max_full_controller_bytes=2**20).init(big)
+    f = make_cost_fn(mse, _batch())
+    tx = metaopt(0.1, example_cost_fn=f)
+    other = make_cost_fn(mse, {"x": jnp.zeros((5, 3)), "y": jnp.zeros(5)})
+    with pytest.raises(ValueError, match="example_cost_fn"):
+        tx.update(PARAMS, tx.init(PARAMS), PARAMS, cost_fn=other)
+
+
+def test_frozen_controller_needs_no_cost_fn_and_keeps_only_H_disturbances():
+    tx = metaopt(0.1, H=3, HH=5, freeze_gpc_params=True)
+    state = tx.init(PARAMS)
+    assert state.disturbances.shape == (3, 3) and state.param_history is None
+    _, state = tx.update(PARAMS, state, PARAMS)
+    assert int(state.step) == 1
+
+
+def test_logging_metrics_fold_learning_rate_into_M0_and_count_bytes():
+    f = make_cost_fn(mse, _batch())
+    H, HH, n = 3, 2, 3
+    tx = metaopt(0.25, H=H, HH=HH, m_method="diagonal", scale_by_adam_betas=(0.9, 0.999),
+                 example_cost_fn=f, initial_m0=-0.5)
+    state = tx.init(PARAMS)
+    _, state = tx.update(PARAMS, state, PARAMS, cost_fn=f)
+    m = jax.jit(lambda s: s.logging_metrics())(state)
+    np.testing.assert_allclose(m["M_0"], -0.5 - 0.25)
+    np.testing.assert_allclose(m["M_1"], 0.0)
+    assert {f"grad_M_{i}" for i in range(H)} <= set(m) and "gpc_cost" in m
+    assert m["disturbance_history_bytes"] == (H + HH) * n * 4 + HH * n * 4  # + raw grads
+    assert m["param_history_bytes"] == HH * n * 4
+    assert m["cost_fn_history_bytes"] == HH * (4 * 3 + 4) * 4
+    assert m["disturbance_transform_state_bytes"] == 2 * (4 + 2 * n * 4)  # now + step t-HH
+    assert m["total_bytes"] >= sum(m[k] for k in m if k.endswith("_bytes") and k != "total_bytes")
+
+
+def test_controller_save_load_and_deploy_frozen(tmp_path):
+    f = make_cost_fn(mse, _batch())
+    tx = metaopt(0.1, H=2, HH=2, m_method="diagonal", example_cost_fn=f,
+                 initial_m0=-0.3)
+    chain = optax.chain(tx, optax.scale(1.0))
+    state = chain.init(PARAMS)
+    assert find_metaopt_state(state) is state[0] and find_metaopt_state((1, 2)) is None
+    _, state = chain.update(PARAMS, state, PARAMS, cost_fn=f)
+    path = save_controller(tmp_path, state)
+    assert path.endswith("controller.npz")
+    ctrl = load_controller(tmp_path)
+    assert ctrl["m_method"] == "diagonal" and ctrl["H"] == 2 and ctrl["M"].shape == (2, 3)
+    frozen = MetaOptConfig(H=2, m_method="diagonal", freeze_gpc_params=True,
+                           initial_gpc_params=str(tmp_path)).make_jax()
+    np.testing.assert_array_equal(np.asarray(frozen.init(PARAMS).M), ctrl["M"])
+    with pytest.raises(ValueError, match=r"'diagonal' controller of shape \(2, 3\).*'scalar'"):
+        metaopt(0.1, H=2, freeze_gpc_params=True, initial_gpc_params=path).init(PARAMS)
+    with pytest.raises(ValueError, match="shape"):
+        metaopt(0.1, H=2, m_method="diagonal", freeze_gpc_params=True,
+                initial_gpc_params=path).init({"w": jnp.zeros(4)})
