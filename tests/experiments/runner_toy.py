@@ -47,6 +47,10 @@ class ToyTask(Task):
         k1, k2 = jax.random.split(key)
         return {"w": 0.5 * jax.random.normal(k1, (6, 3)), "b": 0.1 * jax.random.normal(k2, (3,))}
 
+    def init_with_state(self, key):
+        # A model state (like batch-norm statistics): counts the training steps taken.
+        return self.init(key), {"count": jnp.zeros((), jnp.int32)}
+
     def sample_batch(self, data, key, batch_size=None):
         n = data["x"].shape[0]
         idx = jax.random.randint(key, (batch_size or self.batch_size,), 0, n)
@@ -62,6 +66,8 @@ class ToyTask(Task):
         logits = batch["x"] @ params["w"] + params["b"]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+        if state is not None:
+            state = {"count": state["count"] + 1}
         return loss, state, {"accuracy": acc, "split_id": jnp.mean(batch["split_id"] * 1.0)}
 
     def loss_with_state(self, params, state, key, batch):

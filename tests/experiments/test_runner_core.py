@@ -114,8 +114,10 @@ def _close(a, b):
 def test_episodes_reinit_params_and_optimizer_state_for_baselines():
     trainer = Trainer(exp(), toy.ToySGDConfig(momentum=0.9))
     state, _ = _train(trainer, 2)
+    assert int(state.model_state["count"]) == 8  # model state threads through the steps
     nxt = trainer.next_episode(state)
     assert int(nxt.episode) == 1 and int(nxt.step) == 0
+    assert int(nxt.model_state["count"]) == 0  # and is re-initialised with the model
     want = trainer.task.init(Trainer.episode_init_key(trainer.rng, 1))
     jax.tree.map(_close, nxt.params, want)
     first = trainer.task.init(Trainer.episode_init_key(trainer.rng, 0))
