@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from meta_opt.optimizers.config import ConfigError
@@ -183,7 +184,9 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
     header = ("pair", "settings", "loss@end ep1", "loss@end last", "best eval acc", "steps/s")
 
     def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
+        if v is None:
+            return "-"
+        return format(v, spec) if isinstance(v, (int, float)) else str(v)  # e.g. "nan"
 
     lines = [header]
     for name, s in rows:
@@ -245,25 +248,28 @@ def main(args) -> int:
         print(f"\nstopped by {signal.Signals(stop.signum).name}; progress is checkpointed. "
               f"Resume with:\n  {resume_command(args)}", file=sys.stderr)
         return SIGNAL_EXIT[stop.signum]
-    if failed is not None:
-        return failed
     if not args.child:
         _report(args, pairs, indices)
+    if failed:
+        print(f"\n{len(failed)} pair(s) failed: {sorted(failed)}; see the errors above. "
+              f"Fix and run the same command again: completed pairs are skipped.",
+              file=sys.stderr)
+        return max(failed.values())
     return 0
 
 
-def _run(args, pairs, indices, stop: _StopFlag) -> int | None:
-    """Runs the selected pairs; returns an exit code on failure, None on success."""
+def _run(args, pairs, indices, stop: _StopFlag) -> dict[int, int]:
+    """Runs the selected pairs; returns {index: exit code} of the pairs that failed.
+
+    A failing pair does not stop the sweep: the others still run and the table shows
+    every pair that completed.
+    """
     from meta_opt.experiments.run_pair import Interrupted, run_pair
 
     if args.parallel > 1 and len(indices) > 1:
         codes = _run_parallel(args, indices, stop)
-        bad = {i: c for i, c in codes.items() if c not in (0,) and c not in SIGNAL_EXIT.values()}
-        if bad:
-            print(f"pairs failed (index: exit code): {bad}; see their output above",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        return None
+        return {i: c for i, c in codes.items() if c != 0 and c not in SIGNAL_EXIT.values()}
+    failed = {}
     for index in indices:
         exp_cfg, opt_cfg = pairs[index]
         run_dir = run_dir_of(args.out, index, exp_cfg, opt_cfg)
@@ -273,13 +279,18 @@ def _run(args, pairs, indices, stop: _StopFlag) -> int | None:
                      position=args.position, wandb=args.wandb, restart=args.restart,
                      should_stop=stop)
         except Interrupted:
-            return None
-        except ConfigError as e:
+            break
+        except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
             print(f"config error in pair {index} ({run_dir}): {e}", file=sys.stderr)
-            return EXIT_CONFIG
+            failed[index] = EXIT_CONFIG
+        except Exception:  # noqa: BLE001 (report, keep running the other pairs)
+            traceback.print_exc()
+            print(f"pair {index} ({run_dir}) failed; continuing with the others",
+                  file=sys.stderr)
+            failed[index] = EXIT_FAILED
         if stop():
-            return None
-    return None
+            break
+    return failed
 
 
 def _tty_or_forced() -> bool:
@@ -294,6 +305,8 @@ def _report(args, pairs, indices) -> None:
         rd = RunDir(run_dir_of(args.out, i, *pairs[i]))
         if rd.is_complete():
             rows.append((rd.path.name, rd.read_summary()))
+    if not rows:
+        return
     print()
     print(format_table(rows))
     experiments = sorted({Path(args.out) / pairs[i][0].experiment_name for i in indices})
@@ -303,5 +316,10 @@ def _report(args, pairs, indices) -> None:
     from meta_opt.experiments.plots import plot_runs
 
     for exp_dir in experiments:
-        written = plot_runs([exp_dir], exp_dir / "plots")
+        try:
+            written = plot_runs([exp_dir], exp_dir / "plots")
+        except Exception as e:  # noqa: BLE001 (plots are a convenience; results are saved)
+            print(f"\nplotting {exp_dir} failed ({e}); try: meta-opt plot {exp_dir}",
+                  file=sys.stderr)
+            continue
         print(f"\nplots: {exp_dir / 'plots'}/ ({', '.join(p.name for p in written)})")
