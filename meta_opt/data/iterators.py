@@ -113,17 +113,27 @@ def iterator(
         yield fn(data, jax.random.fold_in(key, step))
 
 
+def _lazy_iterator(data_arrays, split, sample_fn, key) -> Iterator[Batch]:
+    # A generator body runs at the first next(): only then is the data loaded.
+    data = data_arrays() if callable(data_arrays) else data_arrays
+    yield from iterator(data[split], sample_fn, key)
+
+
 def make_datasets(
-    data_arrays: dict[str, Data],
+    data_arrays: dict[str, Data] | Callable[[], dict[str, Data]],
     sample_fn: Callable[[Data, jax.Array], Batch],
     seed: int = 0,
     extra_info: dict | None = None,
     abstract_batch: Any = None,
 ) -> Datasets:
-    """`Datasets` of four seeded infinite iterators over device-resident splits."""
+    """`Datasets` of four seeded infinite iterators over device-resident splits.
+
+    `data_arrays` may be a zero-argument callable returning the splits: it is then called
+    at the first `next()`, so building the `Datasets` never loads data.
+    """
     base = jax.random.PRNGKey(seed)
     iters = {
-        split: iterator(data_arrays[split], sample_fn, jax.random.fold_in(base, i))
+        split: _lazy_iterator(data_arrays, split, sample_fn, jax.random.fold_in(base, i))
         for i, split in enumerate(SPLITS)
     }
     return Datasets(**iters, extra_info=dict(extra_info or {}), abstract_batch=abstract_batch)

@@ -70,6 +70,9 @@ class ClassificationTask(Task):
         self.abstract_batch = abstract_batch
         self.data_key = data_key
         self._load_data_arrays = load_data_arrays
+        # Jitted once per task: flax's op-by-op init of a deep net (VGG-16) takes tens of
+        # seconds on CPU when called eagerly; inside an outer jit this simply inlines.
+        self._jit_init = jax.jit(lambda k, x, kw: model.init(k, x, train=False, **kw))
 
     @property
     def name(self) -> str:
@@ -86,12 +89,15 @@ class ClassificationTask(Task):
 
     @property
     def datasets(self) -> Datasets:
-        """Four seeded infinite iterators of `batch_size` batches (shared when identical)."""
+        """Four seeded infinite iterators of `batch_size` batches (shared when identical).
+
+        Building them reads no data; the first `next()` loads it.
+        """
         key = (self.data_key, self.batch_size, self.seed)
         if key not in _DATASETS_CACHE:
             bs = self.batch_size
             _DATASETS_CACHE[key] = iterators.make_datasets(
-                self.data_arrays,
+                self._load_data_arrays,  # called at the first next(), not now
                 lambda data, k: self.sample_batch(data, k, bs),
                 seed=self.seed,
                 extra_info=self.extra_info,
@@ -118,8 +124,7 @@ class ClassificationTask(Task):
 
     def init_with_state(self, key: jax.Array) -> tuple[Params, ModelState]:
         """Params and model state (`{"batch_stats": ...}` for batch-norm models, else None)."""
-        variables = self.model.init(key, self._example_input(), train=False, **self._call_kwargs())
-        variables = dict(variables)
+        variables = dict(self._jit_init(key, self._example_input(), self._call_kwargs()))
         params = variables.pop("params")
         return params, (variables or None)
 

@@ -69,7 +69,10 @@ class VGG16(nn.Module):
             x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
             x = nn.relu(x)
-        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+        # Batch norm makes the features unit-scale, so a default-scale head would start with
+        # logits of variance ~1; a 0.1-variance head starts the loss near log(num_classes).
+        head_init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
+        return nn.Dense(self.num_classes, kernel_init=head_init)(x.reshape((x.shape[0], -1)))
 
 
 class ConvTask(ClassificationTask):
@@ -172,4 +175,4 @@ register_task_pattern(
     ["Conv_Digits8_Relu16x32", "Conv_Mnist28_Relu32x64", "Conv_Cifar10_32_Relu32x64x64"],
     _resolve_conv,
 )
-register_task_pattern(["VGG16_Cifar10_32_W100", "VGG16_Cifar10_32_W25"], _resolve_vgg)
+register_task_pattern(["VGG16_Cifar10_32_W25", "VGG16_Mnist32_W12.5"], _resolve_vgg)
