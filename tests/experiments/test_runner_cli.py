@@ -13,7 +13,8 @@ import runner_toy as toy
 from meta_opt import cli
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import read_jsonl
-from meta_opt.experiments.run_pair import run_pair
+from meta_opt.experiments.run_pair import Interrupted, run_pair
+from meta_opt.experiments.trainer import Trainer
 from meta_opt.optimizers import MetaOptConfig, load_controller
 
 EXP = dict(experiment_name="cli", workload_name=toy.TOY_TASK, seed=2, num_episodes=2,
@@ -127,3 +128,31 @@ def test_deploy_frozen_controller_from_run_dir(sweep, tmp_path):
     for r in records:  # frozen: the logged coefficients stay the loaded controller's
         np.testing.assert_allclose([r["M_0"], r["M_1"]], saved["M"], rtol=1e-6)
     assert records[-1]["train_loss"] < records[0]["train_loss_mean"]
+
+
+def test_metaopt_stopped_and_resumed_matches_uninterrupted(sweep, tmp_path):
+    """Restoring MetaOpt's state (controller, histories, cost-fn history) continues exactly."""
+    _, out = sweep
+    exp = ExperimentConfig(**EXP)
+    opt = MetaOptConfig(H=2, HH=2, m_method="scalar", meta_learning_rate=1e-2)
+    trainer = Trainer(exp, opt)
+    polls = iter(range(100))
+    with pytest.raises(Interrupted) as e:  # stop after the 3rd chunk: mid-episode 1
+        run_pair(exp, opt, tmp_path / "m", progress=False, trainer=trainer,
+                 should_stop=lambda: next(polls) == 2)
+    assert e.value.global_step == 12
+    assert not (tmp_path / "m" / "summary.json").exists()
+    run_pair(exp, opt, tmp_path / "m", progress=False, trainer=trainer)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "step_time"} for r in rs]
+    assert strip(read_jsonl(tmp_path / "m" / "metrics.jsonl")) == strip(
+        read_jsonl(out / "cli" / "1_MetaOpt" / "metrics.jsonl"))
+
+
+def test_existing_run_with_other_config_is_not_reused(sweep, capsys):
+    config, out = sweep
+    capsys.readouterr()
+    code = cli.main(["run", str(config), "--out", str(out), "--only", "0", "--no-progress",
+                     "--set", "experiment.seed=9"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "different config (experiment.seed: 2 -> 9)" in err and "--restart" in err
