@@ -209,7 +209,12 @@ class Trainer:
         return jax.random.fold_in(jax.random.fold_in(rng, episode), _INIT)
 
     def _init_params(self, rng, episode):
-        return self.task.init_with_state(self.episode_init_key(rng, episode))
+        params, model_state = self.task.init_with_state(self.episode_init_key(rng, episode))
+        if self.mesh is not None:  # params (and model state) live replicated on the mesh
+            replicated = NamedSharding(self.mesh, P())
+            params, model_state = jax.lax.with_sharding_constraint(
+                (params, model_state), replicated)
+        return params, model_state
 
     def _init(self) -> TrainState:
         episode = jnp.zeros((), jnp.int32)
