@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ import numpy as np
 from meta_opt.data.datasets import SPLITS, Datasets
 from meta_opt.data.loaders import load
 from meta_opt.data.preprocess import prepare_image_splits, prepare_text_splits
+from meta_opt.data.text import load_text
 
 Data = Any  # a pytree of arrays sharing the leading (row) dimension
 Batch = Any
@@ -96,9 +98,17 @@ def device_image_splits(
 
 
 @functools.cache
-def device_text_splits() -> dict[str, dict[str, jax.Array]]:
-    """The four splits of the default byte corpus on device: {"tokens": uint8[T]} each."""
-    return jax.device_put(prepare_text_splits(load("text")))
+def _device_text_splits(path: str | None) -> dict[str, dict[str, jax.Array]]:
+    raw = load("text") if path is None else load_text(path)
+    return jax.device_put(prepare_text_splits(raw))
+
+
+def device_text_splits(path=None) -> dict[str, dict[str, jax.Array]]:
+    """The four splits of a byte corpus on device: {"tokens": uint8[T]} each (cached).
+
+    `path=None` is the default corpus (`pydoc_data/topics.py`); any file is read as bytes.
+    """
+    return _device_text_splits(None if path is None else str(Path(path).resolve()))
 
 
 def iterator(

@@ -12,6 +12,7 @@ models are unsupervised multitask learners" (2019) for the pre-LN block and 0.02
 
 from __future__ import annotations
 
+import functools
 import re
 
 import flax.linen as nn
@@ -60,6 +61,7 @@ class ByteLMTask(ClassificationTask):
       num_heads: attention heads (default `max(1, d_model // 32)`).
       batch_size: default number of sequences per batch.
       seed: seed of the `datasets` iterators.
+      corpus_path: a file whose bytes replace the default corpus (None: the default).
     """
 
     input_key = "obs"
@@ -74,6 +76,7 @@ class ByteLMTask(ClassificationTask):
         batch_size: int = 32,
         seed: int = 0,
         data_dir=None,
+        corpus_path=None,
     ):
         del data_dir  # the default corpus ships with Python; accepted for a uniform get_task
         num_heads = num_heads or max(1, d_model // 32)
@@ -91,8 +94,8 @@ class ByteLMTask(ClassificationTask):
             seed=seed,
             extra_info={"num_classes": VOCAB_SIZE, "vocab_size": VOCAB_SIZE},
             abstract_batch={"obs": spec, "target": spec},
-            data_key=("text",),
-            load_data_arrays=iterators.device_text_splits,
+            data_key=("text", None if corpus_path is None else str(corpus_path)),
+            load_data_arrays=functools.partial(iterators.device_text_splits, corpus_path),
         )
 
     def num_examples(self, split: str) -> int:

@@ -91,3 +91,13 @@ def test_identical_requests_share_one_device_copy(digits):
     assert again is digits
     assert isinstance(digits["train"]["image"], jax.Array)
     assert iterators.device_image_splits("digits", 16)["train"]["image"].shape[1:] == (16, 16, 1)
+
+
+def test_text_splits_are_contiguous_pieces_of_the_corpus(tmp_path):
+    corpus = bytes(range(256)) * 4
+    (tmp_path / "c.txt").write_bytes(corpus)
+    splits = iterators.device_text_splits(tmp_path / "c.txt")
+    pieces = [np.asarray(splits[s]["tokens"]) for s in ("train", "inner_valid", "outer_valid")]
+    assert [len(p) for p in pieces] == [738, 92, 92]  # 80/10/10 of the first 90% (922 bytes)
+    assert np.concatenate([*pieces, np.asarray(splits["test"]["tokens"])]).tobytes() == corpus
+    assert iterators.device_text_splits(tmp_path / "c.txt") is splits
