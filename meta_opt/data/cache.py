@@ -10,6 +10,7 @@ corrupted file is never picked up.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -91,7 +92,7 @@ def download(spec: FileSpec, folder: Path, timeout: float = DOWNLOAD_TIMEOUT_S) 
             final = folder / spec.name
             os.replace(tmp, final)
             return final
-        except Exception as e:  # noqa: BLE001 - every failure is reported together below
+        except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets...
             errors.append(f"{url}: {type(e).__name__}: {e}")
         finally:
             if os.path.exists(tmp):
