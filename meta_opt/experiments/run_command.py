@@ -1,4 +1,4 @@
-"""`meta-opt run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--parallel N]`: run a sweep.
+"""`meta-opt run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--parallel N | --ray]`: a sweep.
 
 Every pair of the sweep is trained in `OUT/<experiment_name>/<index>_<optimizer_name>/`;
 a directory that already holds the same pair resumes (or is skipped when complete). After
@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip writing plots at the end")
     parser.add_argument("--list", action="store_true",
                         help="print the pairs of the sweep (after --set) and exit")
-    parser.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ray", action="store_true",
+                        help="run each pair as a Ray task (cluster from RAY_ADDRESS, else a "
+                             "local one); needs a shared filesystem and the same environment")
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
@@ -116,6 +118,16 @@ def _check_wandb() -> None:
         ) from e
 
 
+def _check_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            "--ray needs the ray package, which is not installed; install it with "
+            "`pip install 'meta_opt[ray]'`, or use --parallel N on one machine"
+        ) from e
+
+
 def run_dir_of(out: str, index: int, exp_cfg, opt_cfg) -> Path:
     from meta_opt.experiments.sweep import pair_name
 
@@ -131,6 +143,8 @@ def resume_command(args) -> str:
     parts += ["--out", args.out]
     if args.parallel > 1:
         parts += ["--parallel", str(args.parallel)]
+    if args.ray:
+        parts.append("--ray")
     if args.only is not None:
         parts += ["--only", args.only]
     return shlex.join(parts)
@@ -179,6 +193,52 @@ def _run_parallel(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
     return codes
 
 
+def _call_pair(cmd: list[str]) -> int:
+    """Body of a Ray task: one `meta-opt run --only I` process; a cancel stops it cleanly."""
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # ray.cancel: let the pair checkpoint, then report its code
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+def _run_ray(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
+    """Runs each pair as a Ray task (one CPU each) executing `meta-opt run --only I`.
+
+    Paths are made absolute so workers on other nodes of a cluster with a shared
+    filesystem find the config and the output folder.
+    """
+    import ray
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
+             include_dashboard=False)
+    child_args = argparse.Namespace(**vars(args))
+    child_args.out = str(Path(args.out).absolute())
+    if args.config:
+        child_args.config = str(Path(args.config).absolute())
+    task = ray.remote(num_cpus=1)(_call_pair)
+    refs = {task.remote(_child_command(child_args, i, 0)): i for i in indices}
+    codes: dict[int, int] = {}
+    cancelled = False
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+        for ref in done:
+            codes[refs[ref]] = ray.get(ref)
+        if stop() and not cancelled:
+            for ref in pending:
+                ray.cancel(ref)
+            cancelled = True
+            for ref in pending:  # cancelled tasks checkpoint and return their exit codes
+                try:
+                    codes[refs[ref]] = ray.get(ref)
+                except Exception:  # noqa: BLE001 (a task cancelled before it started)
+                    codes[refs[ref]] = SIGNAL_EXIT[signal.SIGINT]
+            pending = []
+    return codes
+
+
 def format_table(rows: list[tuple[str, dict]]) -> str:
     """The comparison table: one row per pair."""
     header = ("pair", "settings", "loss@end ep1", "loss@end last", "best eval acc", "steps/s")
@@ -206,9 +266,8 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(args) -> int:
-    if args.ray:
-        print("--ray: running sweeps on Ray is not available in this version; use --parallel N",
-              file=sys.stderr)
+    if args.ray and args.parallel > 1:
+        print("use either --parallel N or --ray, not both", file=sys.stderr)
         return EXIT_CONFIG
     if args.parallel < 1:
         print(f"--parallel must be >= 1, got {args.parallel}", file=sys.stderr)
@@ -231,6 +290,8 @@ def main(args) -> int:
         precheck([pairs[i] for i in indices])
         if args.wandb:
             _check_wandb()
+        if args.ray:
+            _check_ray()
     except (ConfigError, KeyError, RuntimeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -266,6 +327,9 @@ def _run(args, pairs, indices, stop: _StopFlag) -> dict[int, int]:
     """
     from meta_opt.experiments.run_pair import Interrupted, run_pair
 
+    if args.ray:
+        codes = _run_ray(args, indices, stop)
+        return {i: c for i, c in codes.items() if c != 0 and c not in SIGNAL_EXIT.values()}
     if args.parallel > 1 and len(indices) > 1:
         codes = _run_parallel(args, indices, stop)
         return {i: c for i, c in codes.items() if c != 0 and c not in SIGNAL_EXIT.values()}

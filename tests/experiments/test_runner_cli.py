@@ -156,3 +156,49 @@ def test_existing_run_with_other_config_is_not_reused(sweep, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "different config (experiment.seed: 2 -> 9)" in err and "--restart" in err
+
+
+class _FakeRay:
+    """Stands in for `ray` (an optional extra, absent in CI): runs each task inline."""
+
+    class _Ref:
+        def __init__(self, value):
+            self.value = value
+
+    def __init__(self):
+        self.inits, self.commands = [], []
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+
+    def remote(self, **resources):
+        def wrap(fn):
+            def submit(cmd):
+                self.commands.append(cmd)
+                return self._Ref(fn(cmd))
+            return type("RemoteFn", (), {"remote": staticmethod(submit)})
+        return wrap
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref.value
+
+    def cancel(self, ref):
+        raise AssertionError("nothing to cancel in this test")
+
+
+def test_ray_runs_each_pair_as_a_task_like_sequential(sweep, tmp_path, monkeypatch):
+    config, out = sweep
+    fake = _FakeRay()
+    monkeypatch.setitem(__import__("sys").modules, "ray", fake)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", str(config), "--out", "rel", "--ray", "--only", "0",
+                     "--no-progress", "--no-plots"]) == 0
+    assert len(fake.inits) == 1 and len(fake.commands) == 1
+    assert str(tmp_path / "rel") in fake.commands[0]  # absolute paths for remote nodes
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "step_time"} for r in rs]
+    name = "0__ToySGD"
+    assert strip(read_jsonl(tmp_path / "rel" / "cli" / name / "metrics.jsonl")) == strip(
+        read_jsonl(out / "cli" / name / "metrics.jsonl"))
