@@ -3,8 +3,8 @@
 Every gradient estimator (FullES, TruncatedES, TruncatedPES, TruncatedGrad, FullGrad) is
 built on `VectorizedTruncatedStep`. It samples `num_tasks` tasks from a family, trains
 them with the learned optimizer for a chunk of steps (`jax.vmap` over tasks inside a
-`jax.lax.scan` over steps), and resets each run in place (a `jnp.where` select, which is
-what `lax.cond` lowers to under `vmap`) when its truncation schedule says it is over.
+`jax.lax.scan` over steps), and resets each run in place when its truncation schedule
+says it is over (a `lax.cond` on "any run ended", then a per-run `jnp.where` select).
 
 Conventions (the estimators' arithmetic relies on them):
   * One step of task i: loss and gradient at the current params on a train batch, one
@@ -191,7 +191,8 @@ class VectorizedTruncatedStep:
         )
 
     def _step_single(self, theta, state, key, data, step_batches):
-        k_train, k_loss, k_meta_batch, k_meta, k_upd, k_trunc, k_reset = jax.random.split(key, 7)
+        """One inner step of one run, without the reset (see `unroll`)."""
+        k_train, k_loss, k_meta_batch, k_meta, k_upd, k_trunc = jax.random.split(key, 6)
         task = self.task_family.task_fn(state.task_param)
         opt = self.learned_opt.opt_fn(theta, is_training=True)
         params, model_state = opt.get_params_state(state.inner_opt_state)
@@ -220,8 +221,6 @@ class VectorizedTruncatedStep:
             task_param=state.task_param,
             is_done=is_done,
         )
-        fresh = self._init_single(theta, k_reset, 0).replace(is_done=is_done)
-        next_state = jax.tree_util.tree_map(lambda f, a: jnp.where(is_done, f, a), fresh, advanced)
         out = TruncatedUnrollOut(
             loss=meta_loss,
             is_done=is_done,
@@ -229,7 +228,18 @@ class VectorizedTruncatedStep:
             iteration=inner_step,
             mask=jnp.isfinite(meta_loss),
         )
-        return next_state, out
+        return advanced, out
+
+    def _reset_done(self, theta, state, keys):
+        """Replaces the runs whose `is_done` is set by fresh runs drawn from `keys`."""
+        fresh = jax.vmap(lambda th, k: self._init_single(th, k, 0))(theta, keys)
+        fresh = fresh.replace(is_done=state.is_done)
+
+        def select(f, a):
+            done = state.is_done.reshape(state.is_done.shape + (1,) * (a.ndim - 1))
+            return jnp.where(done, f, a)
+
+        return jax.tree_util.tree_map(select, fresh, state)
 
     # ------------------------------------------------------------ num_tasks, many steps
     def init_step_state(
@@ -274,7 +284,18 @@ class VectorizedTruncatedStep:
             keys = jax.random.split(step_key, self.num_tasks)
             if num_runs != self.num_tasks:
                 keys = jnp.concatenate([keys] * (num_runs // self.num_tasks), axis=0)
-            return step_fn(theta, state, keys, data, step_batches)
+            state, out = step_fn(theta, state, keys, data, step_batches)
+            # Resets are rare (once per run length), so branch on "any run ended" with a
+            # real lax.cond: under vmap a per-run cond would become a select that builds
+            # fresh runs at every step.
+            reset_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+            state = jax.lax.cond(
+                jnp.any(out.is_done),
+                lambda s: self._reset_done(theta, s, reset_keys),
+                lambda s: s,
+                state,
+            )
+            return state, out
 
         keys = jax.random.split(key, num_steps)
         return jax.lax.scan(body, state, (keys, stacked))
