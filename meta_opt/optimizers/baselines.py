@@ -21,6 +21,7 @@ import jax
 import optax
 from optax import contrib
 
+from meta_opt.optimizers import dadaptation
 from meta_opt.optimizers.config import (
     ConfigError,
     OptimizerConfig,
@@ -263,6 +264,9 @@ class MechanicConfig(OptimizerConfig):
 class DAdaptAdamWConfig(OptimizerConfig):
     """D-Adaptation AdamW: Adam whose step size is a running lower bound on |x_0 - x*|.
 
+    Built on `meta_opt.optimizers.dadaptation.dadapt_adamw`: optax's, except that the
+    distance estimate stays finite on all-zero gradients (0/0) and on overflow.
+
     References:
       Defazio & Mishchenko, `Learning-Rate-Free Learning by D-Adaptation
       <https://arxiv.org/abs/2301.07733>`_, ICML 2023
@@ -283,7 +287,7 @@ class DAdaptAdamWConfig(OptimizerConfig):
         self.check_in_unit_interval("b1", "b2")
 
     def make_jax(self) -> optax.GradientTransformationExtraArgs:
-        tx = contrib.dadapt_adamw(
+        tx = dadaptation.dadapt_adamw(
             as_optax_learning_rate(self.learning_rate),
             betas=(self.b1, self.b2),
             eps=self.eps,
@@ -298,7 +302,9 @@ class DAdaptAdamWConfig(OptimizerConfig):
 class ProdigyConfig(OptimizerConfig):
     """Prodigy: D-Adaptation with a faster-growing estimate of the distance to x*.
 
-    `beta3=None` means sqrt(b2), as in the paper.
+    `beta3=None` means sqrt(b2), as in the paper. Built on
+    `meta_opt.optimizers.dadaptation.prodigy`: optax's, except that the distance estimate
+    stays finite on all-zero gradients (0/0) and on overflow.
 
     References:
       Mishchenko & Defazio, `Prodigy: An Expeditiously Adaptive Parameter-Free Learner
@@ -334,7 +340,7 @@ class ProdigyConfig(OptimizerConfig):
                 )
 
     def make_jax(self) -> optax.GradientTransformationExtraArgs:
-        tx = contrib.prodigy(
+        tx = dadaptation.prodigy(
             as_optax_learning_rate(self.learning_rate),
             betas=(self.b1, self.b2),
             beta3=self.beta3,
