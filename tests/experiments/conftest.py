@@ -1,8 +1,15 @@
-"""Makes `runner_toy` importable and registers its toy task and optimizer."""
+"""Makes `runner_toy` importable; registers its toy task when the runner's tests run."""
 
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 
-import runner_toy  # noqa: E402,F401  (registers _RunnerToy and _ToySGD)
+import runner_toy  # noqa: E402  (defines the private _ToySGD optimizer config)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _register_toy_task():
+    runner_toy.register()

@@ -1,8 +1,8 @@
 """A tiny classification task and an SGD config for the runner's tests (registered privately).
 
-Also importable from config files written by tests (subprocess runs), so the same task and
-optimizer exist in every process. Split arrays carry a `split_id` column so tests can see
-which split a batch came from.
+Config files written by tests (subprocess runs) import this module and call `register()`,
+so the same task and optimizer exist in every process. Split arrays carry a `split_id`
+column so tests can see which split a batch came from.
 """
 
 from __future__ import annotations
@@ -94,5 +94,12 @@ class ToySGDConfig(OptimizerConfig):
         return optax.sgd(self.learning_rate, momentum=self.momentum or None)
 
 
-if not is_task(TOY_TASK):
-    register_task(TOY_TASK, ToyTask)
+def register() -> None:
+    """Registers the toy task (idempotent).
+
+    Not done at import: test modules are imported during collection, and other suites
+    parametrise over `list_tasks()` then; registering only when tests run keeps the toy
+    out of their lists.
+    """
+    if not is_task(TOY_TASK):
+        register_task(TOY_TASK, ToyTask)

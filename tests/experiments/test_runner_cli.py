@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import runner_toy as toy
 from meta_opt.experiments.config import ExperimentConfig
+toy.register()
 from meta_opt.optimizers import MetaOptConfig
 
 def get_config():

@@ -34,6 +34,7 @@ import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import runner_toy as toy
 from meta_opt.experiments.config import ExperimentConfig
+toy.register()
 
 def get_config():
     return [(ExperimentConfig(**{EXP!r}), toy.ToySGDConfig(learning_rate=0.3, momentum=0.9))]
