@@ -14,9 +14,12 @@ the runner stops and says which fields differ.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 CONTROLLER_FILE = "controller.npz"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -66,7 +70,9 @@ class RunDir:
           restart: delete an existing directory and start over.
         """
         if restart and self.path.exists():
-            shutil.rmtree(self.path)
+            for child in self.path.iterdir():
+                if child.name != LOCK_FILE:  # held by this process (see `lock`)
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         if self.config.exists():
             existing = json.loads(self.config.read_text())
             if existing != pair_dict:
@@ -80,6 +86,33 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.config, pair_dict)
         return "new"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Holds an exclusive lock on the run directory while a process trains it.
+
+        Two processes writing one run (e.g. the same command started twice) would corrupt
+        it; the lock is released by the OS when the holder dies, SIGKILL included.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_FILE, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                raise ConfigError(
+                    f"{self.path} is being trained by another process (pid {holder}); wait for "
+                    f"it to finish or stop it (Ctrl-C / kill {holder}), then run again"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text())

@@ -125,9 +125,17 @@ def run_pair(
       ConfigError: the directory holds a different config, or the config cannot run.
     """
     rd = RunDir(run_dir)
-    status = rd.prepare(pair_to_dict(exp_cfg, opt_cfg), restart=restart)
-    if status == "complete":
-        return rd.read_summary()
+    with rd.lock():
+        status = rd.prepare(pair_to_dict(exp_cfg, opt_cfg), restart=restart)
+        if status == "complete":
+            return rd.read_summary()
+        return _train(exp_cfg, opt_cfg, rd, label=label, progress=progress, position=position,
+                      wandb=wandb, should_stop=should_stop, trainer=trainer)
+
+
+def _train(exp_cfg, opt_cfg, rd: RunDir, *, label, progress, position, wandb, should_stop,
+           trainer) -> dict[str, Any]:
+    """The loop of `run_pair` (the run directory is prepared and locked)."""
     trainer = Trainer(exp_cfg, opt_cfg) if trainer is None else trainer
     n_iters, n_eps = exp_cfg.num_iters, exp_cfg.num_episodes
     ckpt = Checkpointer(rd.checkpoints, max_to_keep=exp_cfg.keep_checkpoints)

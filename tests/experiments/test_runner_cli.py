@@ -13,9 +13,11 @@ import runner_toy as toy
 from meta_opt import cli
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import read_jsonl
+from meta_opt.experiments.run_dir import RunDir
 from meta_opt.experiments.run_pair import Interrupted, run_pair
 from meta_opt.experiments.trainer import Trainer
 from meta_opt.optimizers import MetaOptConfig, load_controller
+from meta_opt.optimizers.config import ConfigError
 
 EXP = dict(experiment_name="cli", workload_name=toy.TOY_TASK, seed=2, num_episodes=2,
            num_iters=8, log_every=4, checkpoint_every=4, eval_every=4, eval_batches=1,
@@ -203,3 +205,21 @@ def test_ray_runs_each_pair_as_a_task_like_sequential(sweep, tmp_path, monkeypat
     name = "0__ToySGD"
     assert strip(read_jsonl(tmp_path / "rel" / "cli" / name / "metrics.jsonl")) == strip(
         read_jsonl(out / "cli" / name / "metrics.jsonl"))
+
+
+def test_run_dir_in_use_is_refused_and_restart_starts_over(sweep, tmp_path):
+    _, out = sweep
+    exp = ExperimentConfig(**{**EXP, "num_episodes": 1})
+    opt = toy.ToySGDConfig()
+    rd = RunDir(tmp_path / "busy")
+    with rd.lock():  # as if another process were training it
+        with pytest.raises(ConfigError, match="being trained by another process"):
+            run_pair(exp, opt, rd.path, progress=False)
+    run_pair(exp, opt, rd.path, progress=False)
+    other = exp.replace(seed=5)
+    with pytest.raises(ConfigError, match="different config"):
+        run_pair(other, opt, rd.path, progress=False)
+    summary = run_pair(other, opt, rd.path, progress=False, restart=True)
+    assert json.loads((rd.path / "config.json").read_text())["experiment"]["seed"] == 5
+    assert summary == json.loads((rd.path / "summary.json").read_text())
+    assert len(read_jsonl(rd.path / "metrics.jsonl")) == 2
