@@ -16,7 +16,7 @@ def get_config() -> dict:
         "min_length": 50,
         "max_length": 100,
         "meta_loss_split": None,
-        "theta_lr": 1e-2,
+        "theta_lr": 3e-2,
         "num_steps": 300,
         "log_every": 10,
         "checkpoint_every": 100,

@@ -56,7 +56,7 @@ def test_mlp_lopt_step_is_direction_times_exp_magnitude_times_step_mult():
     theta = jax.tree_util.tree_map(jnp.zeros_like, lopt.init(jax.random.PRNGKey(0)))
     theta["mlp"][-1]["b"] = jnp.array([2.0, 3.0])
     opt = lopt.opt_fn(theta)
-    new = opt.get_params(opt.update(opt.init(PARAMS), GRADS))
+    new = opt.get_params(jax.jit(opt.update)(opt.init(PARAMS), GRADS))
     step = 2.0 * np.exp(3.0 * 0.5) * 0.1
     jax.tree_util.tree_map(
         lambda n, p: np.testing.assert_allclose(n, p - step, rtol=1e-6), new, PARAMS
@@ -66,7 +66,8 @@ def test_mlp_lopt_step_is_direction_times_exp_magnitude_times_step_mult():
 def test_mlp_lopt_momenta_follow_their_decays():
     lopt = MLPLOpt(momentum_decays=(0.0, 0.5, 0.9))
     opt = lopt.opt_fn(lopt.init(jax.random.PRNGKey(0)))
-    state = opt.update(opt.update(opt.init(PARAMS), GRADS), GRADS)
+    update = jax.jit(opt.update)
+    state = update(update(opt.init(PARAMS), GRADS), GRADS)
     g = np.asarray(GRADS["b"])
     expected = np.stack([(1 - d**2) * g for d in (0.0, 0.5, 0.9)], axis=-1)
     np.testing.assert_allclose(state.momentum["b"], expected, rtol=1e-6)
