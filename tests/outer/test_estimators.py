@@ -20,14 +20,16 @@ from meta_opt.learned import LearnableSGD, LearnableSGDM
 from meta_opt.outer import (
     ConstantTruncationSchedule,
     FullES,
+    FullGrad,
     LogUniformLengthSchedule,
     TruncatedES,
+    TruncatedGrad,
     TruncatedPES,
     WorkerWeights,
 )
 from meta_opt.outer.truncated_pes import pes_accumulator_update, pes_gradient
 
-from ._toy import CURVATURES, ToyFamily
+from ._toy import CURVATURES, ToyFamily, unrolled_losses
 
 T, K, STD, LR, NUM_TASKS, SEEDS = 8, 2, 0.1, 0.3, 512, 12
 LOPT = LearnableSGD(LR)
@@ -171,3 +173,18 @@ def test_antithetic_pairs_stacked_or_serial_give_identical_estimates(cls):
         (outs[1].grad, outs[1].mean_loss, outs[1].unroll_state),
     )
     assert float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(outs[0].grad))) > 0
+
+
+def test_full_grad_and_one_chunk_truncated_grad_equal_autodiff_of_the_unrolled_loss():
+    def mean_loss(log_lr):
+        return jnp.mean(unrolled_losses(jnp.full(T, log_lr)))
+
+    target = float(jax.grad(mean_loss)(jnp.log(LR)))
+    key = jax.random.PRNGKey(0)
+    full = FullGrad(ToyFamily(), LOPT, ConstantTruncationSchedule(T), 2)
+    out, _ = full.compute_gradient_estimate(WEIGHTS, key, full.init_worker_state(WEIGHTS, key))
+    np.testing.assert_allclose(out.grad["log_lr"], target, rtol=1e-5)
+    np.testing.assert_allclose(out.mean_loss, mean_loss(jnp.log(LR)), rtol=1e-6)
+    trunc = TruncatedGrad(ToyFamily(), LOPT, ConstantTruncationSchedule(T), 2, trunc_length=T)
+    out, _ = trunc.compute_gradient_estimate(WEIGHTS, key, trunc.init_worker_state(WEIGHTS, key))
+    np.testing.assert_allclose(out.grad["log_lr"], target, rtol=1e-5)
