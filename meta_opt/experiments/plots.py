@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from meta_opt.experiments.metrics import read_jsonl  # noqa: E402
 
@@ -103,12 +104,13 @@ def plot_runs(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
         for rec in r["records"]:
             finals[rec["episode"]] = rec["train_loss"]
         eps = sorted(finals)
-        ax.plot([e + 1 for e in eps], [finals[e] for e in eps], marker="o", label=r["label"])
+        ax.plot(eps, [finals[e] for e in eps], marker="o", label=r["label"])
         all_values += list(finals.values())
     _log_if_positive(ax, all_values)
-    ax.set(xlabel="episode", ylabel="training loss at episode end",
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="episode (from 0, as in metrics.jsonl)", ylabel="training loss at episode end",
            title="Final loss per episode")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
     written.append(_save(fig, out_dir / "final_loss_per_episode.png"))
 
     if any(_series(r["records"], "eval_accuracy")[0] for r in runs):
