@@ -1,6 +1,8 @@
 """Meta-training: truncation schedules, truncated inner training, gradient estimators
 (FullGrad, FullES, TruncatedES, TruncatedGrad, TruncatedPES) and gradient learners."""
 
+from meta_opt.outer.checkpoint import MetaTrainCheckpointer
+from meta_opt.outer.eval_training import multi_task_training_curves, single_task_training_curves
 from meta_opt.outer.full_es import FullES
 from meta_opt.outer.full_grad import FullGrad
 from meta_opt.outer.gradient_estimator import (
@@ -17,6 +19,7 @@ from meta_opt.outer.gradient_learner import (
     WorkerComputeOut,
     gradient_worker_compute,
 )
+from meta_opt.outer.meta_train_config import MetaTrainConfig
 from meta_opt.outer.truncated_es import TruncatedES
 from meta_opt.outer.truncated_grad import TruncatedGrad
 from meta_opt.outer.truncated_pes import PESWorkerState, TruncatedPES
@@ -42,6 +45,8 @@ __all__ = [
     "GradientLearner",
     "GradientLearnerState",
     "LogUniformLengthSchedule",
+    "MetaTrainCheckpointer",
+    "MetaTrainConfig",
     "NeverEndingTruncationSchedule",
     "PESWorkerState",
     "SingleMachineGradientLearner",
@@ -56,4 +61,6 @@ __all__ = [
     "WorkerComputeOut",
     "WorkerWeights",
     "gradient_worker_compute",
+    "multi_task_training_curves",
+    "single_task_training_curves",
 ]
