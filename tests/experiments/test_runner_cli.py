@@ -110,8 +110,9 @@ def test_parallel_runs_match_sequential_runs(sweep, tmp_path):
      "= 4 devices, but 8"),
     (["--wandb"], "pip install wandb"),
 ])
-def test_bad_configs_fail_before_compiling(sweep, tmp_path, capsys, args, message):
+def test_bad_configs_fail_before_compiling(sweep, tmp_path, capsys, monkeypatch, args, message):
     config, _ = sweep
+    monkeypatch.setitem(__import__("sys").modules, "wandb", None)  # as if not installed
     capsys.readouterr()
     code = cli.main(["run", str(config), "--out", str(tmp_path), *args])
     assert code == 2
@@ -223,3 +224,28 @@ def test_run_dir_in_use_is_refused_and_restart_starts_over(sweep, tmp_path):
     assert json.loads((rd.path / "config.json").read_text())["experiment"]["seed"] == 5
     assert summary == json.loads((rd.path / "summary.json").read_text())
     assert len(read_jsonl(rd.path / "metrics.jsonl")) == 2
+
+
+def test_wandb_logs_every_metrics_line(sweep, tmp_path, monkeypatch):
+    """--wandb with a stand-in `wandb` module (not a dependency): same records, same steps."""
+    logged, inits = [], []
+
+    class Run:
+        def log(self, data, step):
+            logged.append((step, data))
+
+        def finish(self):
+            logged.append("finished")
+
+    fake = type("FakeWandb", (), {"init": staticmethod(lambda **kw: inits.append(kw) or Run())})
+    monkeypatch.setitem(__import__("sys").modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config, _ = sweep
+    assert cli.main(["run", str(config), "--out", str(tmp_path), "--only", "0", "--wandb",
+                     "--no-progress", "--no-plots"]) == 0
+    records = read_jsonl(tmp_path / "cli" / "0__ToySGD" / "metrics.jsonl")
+    assert inits[0]["mode"] == "offline" and inits[0]["name"] == "0__ToySGD"
+    assert logged[-1] == "finished"
+    assert [s for s, _ in logged[:-1]] == [r["global_step"] for r in records]
+    pairs = zip(logged[:-1], records, strict=True)
+    assert all(d["train_loss"] == r["train_loss"] for (_, d), r in pairs)
