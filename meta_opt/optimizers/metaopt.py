@@ -86,6 +86,12 @@ def _row(buf: jax.Array, s: jax.Array) -> jax.Array:
     return jax.lax.dynamic_index_in_dim(buf, jnp.mod(s, buf.shape[0]), keepdims=False)
 
 
+def _write(buf: jax.Array, s: jax.Array, row: jax.Array) -> jax.Array:
+    """Ring buffer `buf` with step s's row replaced, as an in-place dynamic_update_slice
+    (`buf.at[i].set(row)` lowers to a scatter, for which XLA copies the whole buffer)."""
+    return jax.lax.dynamic_update_index_in_dim(buf, row, jnp.mod(s, buf.shape[0]), 0)
+
+
 def _project(M: jax.Array, radius: float | None) -> jax.Array:
     """Projects each lag onto {||M_i|| <= radius}: |M_i| (scalar), max |entry| (diagonal:
     the operator norm of a diagonal matrix), Frobenius norm (full: bounds the operator norm)."""
@@ -189,6 +195,7 @@ def metaopt(
     adam_eps: float = 1e-8,
     adam_eps_root: float = 1e-16,
     max_full_controller_bytes: int = DEFAULT_MAX_FULL_CONTROLLER_BYTES,
+    skip_warm_up_with_cond: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """MetaOpt as an optax transformation: `update(grads, state, params, cost_fn=f)`.
 
@@ -217,6 +224,8 @@ def metaopt(
       initial_m0: M_0 at step 0 when no initial_gpc_params (diagonal/full: times I).
       adam_eps, adam_eps_root: Adam scaling's eps (outside / inside the square root).
       max_full_controller_bytes: refuse a "full" controller larger than this.
+      skip_warm_up_with_cond: guard the controller update with `lax.cond` (skips the
+        rollout during warm-up) instead of computing it and selecting the result.
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is a `MetaOptState`.
 
@@ -384,7 +393,7 @@ def metaopt(
             return f(unravel(y[:n]))
 
         w, t_state = transform.update(g, state.transform_state)
-        W = state.disturbances.at[jnp.mod(t, K)].set(w.astype(dtype))
+        W = _write(state.disturbances, t, w.astype(dtype))
 
         M, meta_state = state.M, state.meta_opt_state
         grad_M, gpc_cost, valid = state.grad_M, state.gpc_cost, state.gpc_cost_valid
@@ -427,6 +436,7 @@ def metaopt(
                     y = decay * y - lr_at(s, cdtype) * v + control(M_, W, s)
                     return (y, ts), None
 
+                # Unrolled: HH is small, and XLA fuses across the unrolled steps.
                 (y, _), _ = jax.lax.scan(step, (y, lag_next), jnp.arange(1, HH), unroll=True)
                 return loss_at(cost_fn, y), y
 
@@ -450,14 +460,26 @@ def metaopt(
             if cost_fn is not None and replay_costs:
                 _check_cost_fn(cost_fn, state.cost_fn_history)
             ready = t >= H + HH
-            M, meta_state, gm, cost, shift = jax.lax.cond(ready, learn_M, skip, (M, meta_state))
+            if skip_warm_up_with_cond:
+                M, meta_state, gm, cost, shift = jax.lax.cond(
+                    ready, learn_M, skip, (M, meta_state)
+                )
+            else:
+                # Computed every step and selected (what vmap does to a cond anyway): keeps
+                # one straight-line program, without the buffer copies XLA:CPU inserts
+                # around a conditional; only the H + HH warm-up steps compute in vain.
+                M, meta_state, gm, cost, shift = jax.tree.map(
+                    lambda a, b: jnp.where(ready, a, b),
+                    learn_M((M, meta_state)),
+                    skip((M, meta_state)),
+                )
             grad_M = jnp.where(ready, gm, grad_M)
             gpc_cost = jnp.where(ready, cost, gpc_cost)
             valid = jnp.maximum(valid, ready.astype(jnp.float32))
             cf_shift = None if counterfactual else shift
             lagged = lag_next if real and stateful_T else lagged
             if G is not None:
-                G = G.at[jnp.mod(t, HH)].set(g.astype(dtype))
+                G = _write(G, t, g.astype(dtype))
 
         # The played update, with the controller updated first.
         lags = M if M.ndim == 1 else tuple(M[i] for i in range(H))
@@ -481,12 +503,12 @@ def metaopt(
         )
         if learn:
             new_state = new_state.replace(
-                param_history=state.param_history.at[jnp.mod(t, HH)].set(x.astype(dtype))
+                param_history=_write(state.param_history, t, x.astype(dtype))
             )
         if replay_costs:
             new_state = new_state.replace(
                 cost_fn_history=tuple(
-                    h.at[jnp.mod(t, HH)].set(a)
+                    _write(h, t, jnp.asarray(a, h.dtype))
                     for h, a in zip(state.cost_fn_history, jax.tree.leaves(cost_fn), strict=True)
                 )
             )
