@@ -24,6 +24,7 @@ from meta_opt.experiments.metrics import MetricsWriter, init_wandb, read_jsonl
 from meta_opt.experiments.run_dir import RunDir, write_json_atomic
 from meta_opt.experiments.sweep import non_default_fields, pair_to_dict
 from meta_opt.experiments.trainer import Trainer, TrainState
+from meta_opt.optimizers import find_metaopt_state, save_controller
 from meta_opt.optimizers.config import OptimizerConfig
 
 
@@ -85,10 +86,6 @@ def summarize(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig,
 
 
 def _save_controller(run_dir: RunDir, state: TrainState) -> None:
-    try:
-        from meta_opt.optimizers import find_metaopt_state, save_controller
-    except ImportError:
-        return
     meta = find_metaopt_state(state.opt_state)
     if meta is not None:
         save_controller(str(run_dir.controller), jax.device_get(meta))

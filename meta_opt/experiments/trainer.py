@@ -25,14 +25,14 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.data_source import DataSource, evaluate_batches, make_data_source
+from meta_opt.optimizers import find_metaopt_state, reset_for_new_episode
 from meta_opt.optimizers.config import ConfigError, OptimizerConfig
+from meta_opt.optimizers.cost_fn import make_cost_fn
+from meta_opt.sharding import batch_sharding, make_mesh, replicated_sharding
 
 # Streams of randomness derived from an episode's key (fold_in constants).
 _INIT, _TRAIN_BATCH, _LOSS, _EVAL, _FULL_BATCH = 0, 1, 2, 3, 4
@@ -100,35 +100,11 @@ def make_run_mesh(exp_cfg: ExperimentConfig) -> jax.sharding.Mesh | None:
             f"devices (CUDA_VISIBLE_DEVICES, or XLA_FLAGS="
             f"--xla_force_host_platform_device_count=N on CPU)"
         )
-    try:
-        from meta_opt.sharding import make_mesh
-    except ImportError:  # sharding module not available: build the same mesh directly
-        devices = np.asarray(jax.devices()).reshape(exp_cfg.num_batch_devices,
-                                                    exp_cfg.num_opt_devices)
-        return jax.sharding.Mesh(devices, ("batch", "opt"))
     return make_mesh(exp_cfg.num_batch_devices, exp_cfg.num_opt_devices)
 
 
-def _metaopt_api():
-    """(find_metaopt_state, reset_for_new_episode) when MetaOpt is installed, else Nones."""
-    try:
-        from meta_opt.optimizers import find_metaopt_state, reset_for_new_episode
-    except ImportError:
-        return None, None
-    return find_metaopt_state, reset_for_new_episode
-
-
-def _make_cost_fn(loss_fn, *args):
-    try:
-        from meta_opt.optimizers.cost_fn import make_cost_fn
-    except ImportError:
-        return None
-    return make_cost_fn(loss_fn, *args)
-
-
 def _is_metaopt_state(x) -> bool:
-    find, _ = _metaopt_api()
-    return find is not None and find(x) is x
+    return find_metaopt_state(x) is x
 
 
 class Trainer:
@@ -157,7 +133,7 @@ class Trainer:
     def _replicate(self, tree):
         if tree is None or self.mesh is None:
             return tree
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        return jax.device_put(tree, replicated_sharding(self.mesh))
 
     def _make_tx(self) -> optax.GradientTransformationExtraArgs:
         if not self.opt_cfg.requires_cost_fn:
@@ -167,12 +143,7 @@ class Trainer:
         params, model_state = self.task.init_with_state(self.rng)
         key = self.rng
         batch = self._batch_for(self.train_data, self.rng, 0, 0)
-        example = _make_cost_fn(self._loss_fn, model_state, key, batch)
-        if example is None:
-            raise ConfigError(
-                f"optimizer '{self.opt_cfg.registered_name()}' needs the loss function on every "
-                f"update, but meta_opt.optimizers.cost_fn is not available in this install"
-            )
+        example = make_cost_fn(self._loss_fn, model_state, key, batch)
         tx = self.opt_cfg.make_jax(example_cost_fn=example, mesh=self.mesh)
         return optax.with_extra_args_support(tx)
 
@@ -211,9 +182,8 @@ class Trainer:
     def _init_params(self, rng, episode):
         params, model_state = self.task.init_with_state(self.episode_init_key(rng, episode))
         if self.mesh is not None:  # params (and model state) live replicated on the mesh
-            replicated = NamedSharding(self.mesh, P())
             params, model_state = jax.lax.with_sharding_constraint(
-                (params, model_state), replicated)
+                (params, model_state), replicated_sharding(self.mesh))
         return params, model_state
 
     def _init(self) -> TrainState:
@@ -226,12 +196,11 @@ class Trainer:
         episode = state.episode + 1
         params, model_state = self._init_params(state.rng, episode)
         opt_state = self.tx.init(params)
-        find, reset = _metaopt_api()
-        old = find(state.opt_state) if find is not None else None
+        old = find_metaopt_state(state.opt_state)
         if old is not None:
             # Keep the controller (M and its optimizer state); fresh histories for the new
             # params. Other entries of a chained state are freshly initialised above.
-            carried = reset(old, params)
+            carried = reset_for_new_episode(old, params)
             opt_state = jax.tree.map(lambda x: carried if _is_metaopt_state(x) else x,
                                      opt_state, is_leaf=_is_metaopt_state)
         return TrainState(params, model_state, opt_state, state.rng, episode,
@@ -240,7 +209,7 @@ class Trainer:
     def _constrain_batch(self, batch):
         if self.mesh is None or batch is None:
             return batch
-        return jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, P("batch")))
+        return jax.lax.with_sharding_constraint(batch, batch_sharding(self.mesh))
 
     def _step(self, state: TrainState, data, fixed_batch):
         batch = self._constrain_batch(self.train_batch(state, data, fixed_batch))
@@ -254,11 +223,11 @@ class Trainer:
 
         (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
-        extra = {"value": loss}
-        cost_fn = _make_cost_fn(self._loss_fn, state.model_state, key, batch)
-        if cost_fn is not None:
-            extra["cost_fn"] = cost_fn
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, **extra)
+        # Every optimizer gets the loss and the cost function; those that do not use them
+        # ignore them (optax.with_extra_args_support).
+        cost_fn = make_cost_fn(self._loss_fn, state.model_state, key, batch)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss,
+                                            cost_fn=cost_fn)
         params = optax.apply_updates(state.params, updates)
         metrics = {"train_loss": loss}
         metrics.update({f"train_{k}": jnp.asarray(v, jnp.float32) for k, v in aux.items()})
@@ -269,8 +238,7 @@ class Trainer:
 
     @staticmethod
     def _optimizer_metrics(opt_state) -> dict[str, jax.Array]:
-        find, _ = _metaopt_api()
-        meta = find(opt_state) if find is not None else None
+        meta = find_metaopt_state(opt_state)
         if meta is None:
             return {}
         return {k: jnp.asarray(v, jnp.float32) for k, v in meta.logging_metrics().items()}
