@@ -86,6 +86,40 @@ def _row(buf: jax.Array, s: jax.Array) -> jax.Array:
     return jax.lax.dynamic_index_in_dim(buf, jnp.mod(s, buf.shape[0]), keepdims=False)
 
 
+def _grad_hvp_transposed(loss_at: Any, f: Any, y: jax.Array) -> jax.Array:
+    """grad_y loss_at(f, y), whose reverse-mode derivative is a forward-over-reverse
+    Hessian-vector product.
+
+    The real rollout differentiates through gradient evaluations. By symmetry of the
+    Hessian, the vector-Jacobian product of y -> grad f(y) equals the Jacobian-vector
+    product, and `jax.jvp` of the gradient costs about one gradient evaluation here,
+    while reverse-over-reverse costs ~1.7 (measured on the digits MLP) and keeps the
+    forward residuals alive. `f` (the cost: batch, rng, ...) is not differentiated.
+    """
+    leaves, treedef = jax.tree.flatten(f)
+
+    def grad_fn(leaves, y):
+        return jax.grad(lambda y_: loss_at(jax.tree.unflatten(treedef, leaves), y_))(y)
+
+    @jax.custom_vjp
+    def g(leaves, y):
+        return grad_fn(leaves, y)
+
+    def fwd(leaves, y):
+        return grad_fn(leaves, y), (leaves, y)
+
+    def bwd(res, ct):
+        leaves, y = res
+        hvp = jax.jvp(lambda y_: grad_fn(leaves, y_), (y,), (ct,))[1]
+        zero = [np.zeros(np.shape(a), jax.dtypes.float0)
+                if not jnp.issubdtype(jnp.result_type(a), jnp.inexact) else jnp.zeros_like(a)
+                for a in leaves]
+        return zero, hvp
+
+    g.defvjp(fwd, bwd)
+    return g(leaves, y)
+
+
 def _write(buf: jax.Array, s: jax.Array, row: jax.Array) -> jax.Array:
     """Ring buffer `buf` with step s's row replaced, as an in-place dynamic_update_slice
     (`buf.at[i].set(row)` lowers to a scatter, for which XLA copies the whole buffer)."""
@@ -431,7 +465,7 @@ def metaopt(
                         f_s = jax.tree.unflatten(jax.tree.structure(cost_fn), leaves)
                     else:
                         f_s = cost_fn
-                    gk = jax.grad(loss_at, argnums=1)(f_s, y)
+                    gk = _grad_hvp_transposed(loss_at, f_s, y)
                     v, ts = transform.update(gk, ts)
                     y = decay * y - lr_at(s, cdtype) * v + control(M_, W, s)
                     return (y, ts), None
