@@ -101,11 +101,28 @@ def _selected(args, n: int) -> list[int]:
 
 
 def precheck(pairs) -> None:
-    """Fails fast, before any compiling, on configs that cannot run here."""
-    from meta_opt.experiments.trainer import make_run_mesh
+    """Fails fast, before any compiling, on configs that cannot run here.
 
+    Checks the device mesh and that each workload's data can be loaded (a missing dataset
+    file is reported now, not after other pairs have trained).
+    """
+    from meta_opt.experiments.data_source import make_data_source
+    from meta_opt.experiments.trainer import load_task, make_run_mesh
+
+    seen = set()
     for exp_cfg, _ in pairs:
         make_run_mesh(exp_cfg)
+        key = (exp_cfg.workload_name, exp_cfg.data_dir, exp_cfg.batch_size, exp_cfg.eval_split)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            make_data_source(load_task(exp_cfg), exp_cfg.batch_size, exp_cfg.eval_split)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 (loader errors carry the how-to-fix message)
+            raise ConfigError(f"cannot load the data of workload '{exp_cfg.workload_name}' "
+                              f"(data_dir={exp_cfg.data_dir!r}): {e}") from e
 
 
 def _check_wandb() -> None:
