@@ -5,7 +5,8 @@ its fields). The run directory (default `runs/meta_train/<name>`) receives `conf
 `metrics.jsonl` (one JSON object per logged meta-step: step, meta_loss averaged over the
 window, estimator and learner metrics, seconds per step), TensorBoard events,
 `checkpoints/` (orbax: theta, meta-optimizer and unroll states, rng, step),
-`meta_loss.png` and `summary.json`. Running again on the same directory resumes from the
+`meta_loss.png` and `summary.json`. Ctrl-C or SIGTERM finishes the current meta-step,
+saves a checkpoint and exits 130. Running again on the same directory resumes from the
 latest checkpoint and continues exactly as if never interrupted (raise `num_steps` with
 `--set num_steps=N` to train further).
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,8 +125,16 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
 
     writer = SummaryWriter(str(out / "tensorboard"))
     window, t0 = [], time.time()
+    # Ctrl-C / SIGTERM: finish the current meta-step, checkpoint, stop (resume later).
+    stop = {"signal": None}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, lambda n, f: stop.update(signal=n))
+        except ValueError:  # not the main thread: no handlers, no graceful stop
+            pass
     with metrics_path.open("a") as log:
-        while step < config.num_steps:
+        while step < config.num_steps and stop["signal"] is None:
             log_now = (step + 1) % config.log_every == 0 or step + 1 == config.num_steps
             state, loss, metrics = trainer.update(
                 state, jax.random.fold_in(rng, step), with_metrics=log_now
@@ -144,10 +155,16 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
                     if name != "step":
                         writer.add_scalar(name, value, step)
                 window, t0 = [], time.time()
-            if step % config.checkpoint_every == 0 or step == config.num_steps:
+            if (
+                step % config.checkpoint_every == 0
+                or step == config.num_steps
+                or stop["signal"] is not None
+            ):
                 payload = {"trainer": state, "rng": rng, "step": step}
                 theta = trainer.get_theta(state)
                 ckpt.save(step, payload, theta, {"step": step, "name": config.name})
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
     writer.close()
     ckpt.close()
 
@@ -157,6 +174,7 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
         "steps": step,
         "final_meta_loss": records[-1]["meta_loss"] if records else None,
         "first_meta_loss": records[0]["meta_loss"] if records else None,
+        "interrupted": stop["signal"] is not None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if plot and records:
@@ -192,6 +210,16 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"meta-opt meta-train: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    if summary["interrupted"]:
+        print(
+            f"interrupted at meta-step {summary['steps']}; checkpoint saved. Resume with the "
+            f"same command (--out {out})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if summary["final_meta_loss"] is None:
+        print(f"nothing to do: {out} already holds {summary['steps']} meta-steps")
+        return 0
     print(
         f"meta-trained {summary['name']} for {summary['steps']} steps: meta-loss "
         f"{summary['first_meta_loss']:.4g} -> {summary['final_meta_loss']:.4g}; run dir {out}"

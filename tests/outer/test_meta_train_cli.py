@@ -77,3 +77,27 @@ def test_config_errors_name_the_bad_value(runs, capsys):
     assert "unknown estimator 'PES'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown meta-train config key"):
         MetaTrainConfig.from_dict({"nme": "x"})
+
+
+def test_sigint_checkpoints_the_current_step_and_resume_stays_exact(runs, monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from meta_opt.outer.gradient_learner import SingleMachineGradientLearner
+
+    config, full, _ = runs
+    original, calls = SingleMachineGradientLearner.update, []
+
+    def update_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # handled: the step finishes, then stop
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SingleMachineGradientLearner, "update", update_then_interrupt)
+    out = tmp_path / "interrupted"
+    assert cli_main(["meta-train", str(config), "--out", str(out), "--no-plot"]) == 130
+    assert _theta(out)[1]["step"] == 2
+    monkeypatch.setattr(SingleMachineGradientLearner, "update", original)
+    assert cli_main(["meta-train", str(config), "--out", str(out), "--no-plot"]) == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, _theta(out)[0], _theta(full)[0])
