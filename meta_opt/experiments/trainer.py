@@ -29,7 +29,11 @@ import optax
 
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.data_source import DataSource, evaluate_batches, make_data_source
-from meta_opt.optimizers import find_metaopt_state, reset_for_new_episode
+from meta_opt.optimizers import (
+    find_metaopt_state,
+    reset_for_new_episode,
+    schedule_free_eval_params,
+)
 from meta_opt.optimizers.config import ConfigError, OptimizerConfig
 from meta_opt.optimizers.cost_fn import make_cost_fn
 from meta_opt.sharding import batch_sharding, make_mesh, replicated_sharding
@@ -105,6 +109,15 @@ def make_run_mesh(exp_cfg: ExperimentConfig) -> jax.sharding.Mesh | None:
 
 def _is_metaopt_state(x) -> bool:
     return find_metaopt_state(x) is x
+
+
+def eval_params(opt_state, params):
+    """The params to evaluate: the average iterate x_t for schedule-free optimizers
+    (whose training params are the interpolation y_t), else `params` itself."""
+    is_sf = lambda x: isinstance(x, optax.contrib.ScheduleFreeState)
+    if any(is_sf(x) for x in jax.tree.leaves(opt_state, is_leaf=is_sf)):
+        return schedule_free_eval_params(opt_state, params)
+    return params
 
 
 class Trainer:
@@ -252,7 +265,8 @@ class Trainer:
     def _evaluate(self, state: TrainState, data):
         key = jax.random.fold_in(
             jax.random.fold_in(self._episode_key(state.rng, state.episode), _EVAL), state.step)
-        out = evaluate_batches(self.task, state.params, state.model_state, data,
+        params = eval_params(state.opt_state, state.params)
+        out = evaluate_batches(self.task, params, state.model_state, data,
                                self.data.eval_batch, self.exp_cfg.eval_batches, key)
         return {f"eval_{k}": v for k, v in out.items()}
 

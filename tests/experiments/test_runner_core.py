@@ -110,6 +110,18 @@ def _close(a, b):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
+def test_schedule_free_is_evaluated_at_its_average_iterate():
+    from meta_opt.optimizers import OptimizerConfig, schedule_free_eval_params
+
+    trainer = Trainer(exp(), OptimizerConfig.from_dict({"optimizer_name": "ScheduleFreeSGD"}))
+    state, _ = _train(trainer, 1)
+    x = schedule_free_eval_params(state.opt_state, state.params)
+    assert not np.allclose(x["w"], state.params["w"])
+    batches = [trainer.eval_batch(i) for i in range(BASE["eval_batches"])]
+    want = np.mean([trainer.task.loss(x, None, b) for b in batches])
+    np.testing.assert_allclose(float(trainer.run_eval(state)["eval_loss"]), want, rtol=1e-5)
+
+
 # --- episodes --------------------------------------------------------------------------------
 def test_episodes_reinit_params_and_optimizer_state_for_baselines():
     trainer = Trainer(exp(), toy.ToySGDConfig(momentum=0.9))
