@@ -249,3 +249,20 @@ def test_wandb_logs_every_metrics_line(sweep, tmp_path, monkeypatch):
     assert [s for s, _ in logged[:-1]] == [r["global_step"] for r in records]
     pairs = zip(logged[:-1], records, strict=True)
     assert all(d["train_loss"] == r["train_loss"] for (_, d), r in pairs)
+
+
+def test_nonfinite_and_missing_values_are_kept_visible(tmp_path):
+    from meta_opt.experiments.metrics import MetricsWriter
+    from meta_opt.experiments.run_command import format_table
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    writer.write({"episode": 0, "step": 2, "global_step": 2, "train_loss": float("nan"),
+                  "eval_loss": float("inf")})
+    writer.close()
+    (record,) = read_jsonl(tmp_path / "metrics.jsonl")  # valid JSON, values still visible
+    assert record["train_loss"] == "nan" and record["eval_loss"] == "inf"
+    table = format_table([("0_SGD", {"settings": "learning_rate=10", "steps_per_sec": 5.0,
+                                     "first_episode_final_loss": "nan",
+                                     "last_episode_final_loss": None})])
+    row = table.splitlines()[-1].split()
+    assert row == ["0_SGD", "learning_rate=10", "nan", "-", "-", "5"]
