@@ -253,3 +253,27 @@ def test_episode_reset_keeps_controller_and_meta_state_and_clears_histories():
             assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(h))
         assert jax.tree.structure(fresh) == jax.tree.structure(s)
     del chain
+
+
+def test_grad_clip_bounds_the_disturbance():
+    """M = 0, frozen, base lr eta: the update is -eta * clip(g) (global norm)."""
+    tx = metaopt(1.0, grad_clip=0.5, H=2, freeze_gpc_params=True)
+    p = {"w": jnp.asarray([3.0, 4.0]), "b": jnp.zeros(1)}
+    g = {"w": jnp.asarray([3.0, 4.0]), "b": jnp.zeros(1)}  # norm 5 -> scaled by 0.1
+    u, _ = tx.update(g, tx.init(p), p)
+    np.testing.assert_allclose(u["w"], [-0.3, -0.4], rtol=1e-6)
+
+
+def test_frozen_cost_fn_rollouts_equal_replayed_costs_when_the_cost_is_constant():
+    """freeze_cost_fn_during_rollouts uses f_t at every replayed step; with one fixed
+    batch f_s = f_t, so it must match the rollout that replays the stored costs."""
+    steps = 10
+    costs = jax.tree.map(lambda c: jnp.broadcast_to(c[0], c.shape), _costs(steps))
+    kw = dict(scale_by_adam_betas=(0.9, 0.999), H=2, HH=3, meta_optimizer=optax.sgd(0.1))
+    tx_replay = metaopt(0.1, example_cost_fn=jax.tree.map(lambda c: c[0], costs), **kw)
+    tx_frozen = metaopt(0.1, freeze_cost_fn_during_rollouts=True, **kw)
+    (p1, s1), _ = _scan(tx_replay, _params(), costs, steps)
+    (p2, s2), _ = _scan(tx_frozen, _params(), costs, steps)
+    assert s2.cost_fn_history is None and s1.cost_fn_history is not None
+    np.testing.assert_allclose(np.asarray(s1.M), np.asarray(s2.M), rtol=1e-6)
+    np.testing.assert_allclose(ravel_pytree(p1)[0], ravel_pytree(p2)[0], rtol=1e-6)
