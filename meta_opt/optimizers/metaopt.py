@@ -38,6 +38,16 @@ from meta_opt.optimizers.config import (
     as_optax_learning_rate,
     register_optimizer,
 )
+from meta_opt.optimizers.metaopt_controller import (
+    disturbance_transform,
+    grad_hvp_transposed,
+    grad_summary,
+    initial_controller,
+    project,
+    row,
+    sum_lags,
+    write,
+)
 from meta_opt.optimizers.metaopt_state import (
     M_METHODS,
     MetaOptState,
@@ -58,151 +68,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FULL_CONTROLLER_BYTES = 2 * 1024**3
-
-
-# ------------------------------------------------------------------------------------------
-# Controller algebra: M_i applied to a disturbance, for each m_method.
-# ------------------------------------------------------------------------------------------
-
-
-def _apply_lag(M_i: jax.Array, w: jax.Array) -> jax.Array:
-    """M_i * w for a scalar, diagonal (vector) or full (matrix) M_i."""
-    return M_i @ w if M_i.ndim == 2 else M_i * w
-
-
-def _sum_lags(M: tuple[jax.Array, ...], rows: list[jax.Array]) -> jax.Array:
-    """sum_i M_i * rows[i] for the lags M_i of a diagonal (n,) or full (n, n) controller.
-
-    Unrolled over the H lags on purpose: `jnp.sum(M * rows, axis=0)` lowers on XLA:CPU to
-    a strided reduction over the leading axis that is ~50x slower than H fused adds."""
-    out = _apply_lag(M[0], rows[0])
-    for i in range(1, len(rows)):
-        out = out + _apply_lag(M[i], rows[i])
-    return out
-
-
-def _row(buf: jax.Array, s: jax.Array) -> jax.Array:
-    """Row of ring buffer `buf` holding step s (rows never written are zeros)."""
-    return jax.lax.dynamic_index_in_dim(buf, jnp.mod(s, buf.shape[0]), keepdims=False)
-
-
-def _grad_hvp_transposed(loss_at: Any, f: Any, y: jax.Array) -> jax.Array:
-    """grad_y loss_at(f, y), whose reverse-mode derivative is a forward-over-reverse
-    Hessian-vector product.
-
-    The real rollout differentiates through gradient evaluations. By symmetry of the
-    Hessian, the vector-Jacobian product of y -> grad f(y) equals the Jacobian-vector
-    product, and `jax.jvp` of the gradient costs about one gradient evaluation here,
-    while reverse-over-reverse costs ~1.7 (measured on the digits MLP) and keeps the
-    forward residuals alive. `f` (the cost: batch, rng, ...) is not differentiated.
-    """
-    leaves, treedef = jax.tree.flatten(f)
-
-    def grad_fn(leaves, y):
-        return jax.grad(lambda y_: loss_at(jax.tree.unflatten(treedef, leaves), y_))(y)
-
-    @jax.custom_vjp
-    def g(leaves, y):
-        return grad_fn(leaves, y)
-
-    def fwd(leaves, y):
-        return grad_fn(leaves, y), (leaves, y)
-
-    def bwd(res, ct):
-        leaves, y = res
-        hvp = jax.jvp(lambda y_: grad_fn(leaves, y_), (y,), (ct,))[1]
-        zero = [np.zeros(np.shape(a), jax.dtypes.float0)
-                if not jnp.issubdtype(jnp.result_type(a), jnp.inexact) else jnp.zeros_like(a)
-                for a in leaves]
-        return zero, hvp
-
-    g.defvjp(fwd, bwd)
-    return g(leaves, y)
-
-
-def _write(buf: jax.Array, s: jax.Array, row: jax.Array) -> jax.Array:
-    """Ring buffer `buf` with step s's row replaced, as an in-place dynamic_update_slice
-    (`buf.at[i].set(row)` lowers to a scatter, for which XLA copies the whole buffer)."""
-    return jax.lax.dynamic_update_index_in_dim(buf, row, jnp.mod(s, buf.shape[0]), 0)
-
-
-def _project(M: jax.Array, radius: float | None) -> jax.Array:
-    """Projects each lag onto {||M_i|| <= radius}: |M_i| (scalar), max |entry| (diagonal:
-    the operator norm of a diagonal matrix), Frobenius norm (full: bounds the operator norm)."""
-    if radius is None:
-        return M
-    if M.ndim <= 2:
-        return jnp.clip(M, -radius, radius)
-    norms = jnp.sqrt(jnp.sum(M * M, axis=(1, 2), keepdims=True))
-    return M * jnp.minimum(1.0, radius / jnp.maximum(norms, 1e-30))
-
-
-def _grad_summary(gM: jax.Array, n: int) -> jax.Array:
-    if gM.ndim == 1:
-        return gM
-    if gM.ndim == 2:
-        return jnp.sum(gM, axis=1) / n
-    return jnp.trace(gM, axis1=1, axis2=2) / n
-
-
-def _disturbance_transform(
-    grad_clip: float | None,
-    scale_by_adam_betas: tuple[float, float] | None,
-    adam_eps: float,
-    adam_eps_root: float,
-) -> optax.GradientTransformation:
-    """T: optional global-norm clip, then optional Adam scaling, on the flat gradient.
-
-    `eps_root > 0` keeps d sqrt(nu + eps_root) / d nu finite at nu = 0, so rollouts that
-    differentiate through T stay finite on coordinates whose gradient is exactly zero.
-    """
-    parts = []
-    if grad_clip is not None:
-        parts.append(optax.clip_by_global_norm(grad_clip))
-    if scale_by_adam_betas is not None:
-        b1, b2 = scale_by_adam_betas
-        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=adam_eps, eps_root=adam_eps_root))
-    return optax.chain(*parts) if parts else optax.identity()
-
-
-def _initial_controller(
-    m_method: str,
-    H: int,
-    n: int,
-    n_pad: int,
-    initial_m0: float,
-    initial_gpc_params: Any,
-) -> jax.Array:
-    """M at step 0 in float32: from `initial_gpc_params`, else M_0 = initial_m0 * I."""
-    if initial_gpc_params is not None:
-        ctrl = initial_gpc_params
-        if isinstance(ctrl, (str, bytes)) or hasattr(ctrl, "__fspath__"):
-            ctrl = load_controller(ctrl)
-        if isinstance(ctrl, dict):
-            got_method, got = ctrl.get("m_method"), np.asarray(ctrl["M"])
-        else:
-            got = np.asarray(ctrl)
-            got_method = M_METHODS[got.ndim - 1] if 1 <= got.ndim <= 3 else None
-        want = {"scalar": (H,), "diagonal": (H, n), "full": (H, n, n)}[m_method]
-        if got_method != m_method or got.shape != want:
-            raise ValueError(
-                f"initial_gpc_params does not fit this run: it holds a {got_method!r} "
-                f"controller of shape {got.shape}, but m_method={m_method!r} with H={H} on "
-                f"{n} parameters needs shape {want}; use the same H, m_method and model as "
-                "the run that saved it"
-            )
-        M = jnp.asarray(got)
-        if m_method == "diagonal":
-            M = jnp.pad(M, ((0, 0), (0, n_pad - n)))
-        elif m_method == "full":
-            M = jnp.pad(M, ((0, 0), (0, n_pad - n), (0, n_pad - n)))
-        return M
-    if m_method == "scalar":
-        return jnp.zeros((H,), jnp.float32).at[0].set(initial_m0)
-    real = (jnp.arange(n_pad) < n).astype(jnp.float32) * initial_m0  # padding stays 0
-    if m_method == "diagonal":
-        return jnp.zeros((H, n_pad), jnp.float32).at[0].set(real)
-    return jnp.zeros((H, n_pad, n_pad), jnp.float32).at[0].set(jnp.diag(real))
 
 
 def metaopt(
@@ -277,7 +142,7 @@ def metaopt(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype such as float32 or bfloat16, got {dtype}")
     meta_tx = optax.sgd(1e-3) if meta_optimizer is None else meta_optimizer
-    transform = _disturbance_transform(grad_clip, scale_by_adam_betas, adam_eps, adam_eps_root)
+    transform = disturbance_transform(grad_clip, scale_by_adam_betas, adam_eps, adam_eps_root)
     stateful_T = scale_by_adam_betas is not None
     learn = not freeze_gpc_params
     zero_lr = not callable(base_learning_rate) and float(base_learning_rate) == 0.0
@@ -320,7 +185,7 @@ def metaopt(
             )
         vec = jnp.zeros((n_pad,), jnp.promote_types(flat.dtype, jnp.float32))
         t_state = transform.init(vec)
-        M = _initial_controller(m_method, H, n, n_pad, initial_m0, initial_gpc_params)
+        M = initial_controller(m_method, H, n, n_pad, initial_m0, initial_gpc_params)
         M = M.astype(vec.dtype)  # float32, or float64 for float64 params
         state = MetaOptState(
             step=jnp.zeros((), jnp.int32),
@@ -373,8 +238,8 @@ def metaopt(
             slots = jnp.mod(s - jnp.arange(H), K)
             coef = jnp.zeros((K,), M.dtype).at[slots].add(M)
             return coef @ W.astype(M.dtype)
-        rows = [_row(W, s - i).astype(M[0].dtype) for i in range(H)]
-        return _sum_lags(M, rows)
+        rows = [row(W, s - i).astype(M[0].dtype) for i in range(H)]
+        return sum_lags(M, rows)
 
     def fake_end_point(M, W, x0, t, cdtype):
         """y_HH of the fake rollout, which is affine in M:
@@ -398,7 +263,7 @@ def metaopt(
         if not isinstance(M, tuple):  # scalar controller
             return x0 * decay**HH + (M @ A - b) @ Wc
         Z = A @ Wc
-        return x0 * decay**HH - b @ Wc + _sum_lags(M, [Z[i] for i in range(H)])
+        return x0 * decay**HH - b @ Wc + sum_lags(M, [Z[i] for i in range(H)])
 
     def update_fn(grads, state, params=None, *, cost_fn=None, **extra_args):
         del extra_args
@@ -427,17 +292,17 @@ def metaopt(
             return f(unravel(y[:n]))
 
         w, t_state = transform.update(g, state.transform_state)
-        W = _write(state.disturbances, t, w.astype(dtype))
+        W = write(state.disturbances, t, w.astype(dtype))
 
         M, meta_state = state.M, state.meta_opt_state
         grad_M, gpc_cost, valid = state.grad_M, state.gpc_cost, state.gpc_cost_valid
         lagged, G = state.lagged_transform_state, state.grad_history
         cf_shift = None
         if learn:
-            x0 = _row(state.param_history, t - HH).astype(cdtype)  # x_{t-HH}
+            x0 = row(state.param_history, t - HH).astype(cdtype)  # x_{t-HH}
             if real and stateful_T:
                 # T's state at t-HH+1: advance the lagged state with the stored g_{t-HH}.
-                _, lag_next = transform.update(_row(G, t - HH).astype(cdtype), lagged)
+                _, lag_next = transform.update(row(G, t - HH).astype(cdtype), lagged)
                 lag_next = jax.tree.map(
                     lambda new, old: jnp.where(t >= HH, new, old), lag_next, lagged
                 )
@@ -452,7 +317,7 @@ def metaopt(
                 # Step k = 0 starts at the recorded x_{t-HH}, where the recomputed
                 # disturbance is the recorded w_{t-HH} (grads = grad f(params) by contract).
                 s0 = t - HH
-                base = lr_at(s0, cdtype) * _row(W, s0).astype(cdtype)
+                base = lr_at(s0, cdtype) * row(W, s0).astype(cdtype)
                 y = decay * x0 - base + control(M_, W, s0)
                 if HH == 1:
                     return loss_at(cost_fn, y), y
@@ -461,11 +326,11 @@ def metaopt(
                     y, ts = carry
                     s = t - HH + k
                     if replay_costs:
-                        leaves = [_row(h, s) for h in state.cost_fn_history]
+                        leaves = [row(h, s) for h in state.cost_fn_history]
                         f_s = jax.tree.unflatten(jax.tree.structure(cost_fn), leaves)
                     else:
                         f_s = cost_fn
-                    gk = _grad_hvp_transposed(loss_at, f_s, y)
+                    gk = grad_hvp_transposed(loss_at, f_s, y)
                     v, ts = transform.update(gk, ts)
                     y = decay * y - lr_at(s, cdtype) * v + control(M_, W, s)
                     return (y, ts), None
@@ -482,8 +347,8 @@ def metaopt(
                 if meta_grad_clip is not None:
                     gM = optax.clip_by_global_norm(meta_grad_clip).update(gM, None)[0]
                 upd, meta_state = meta_tx.update(gM, meta_state, M)
-                M = _project(optax.apply_updates(M, upd), max_gpc_norm)
-                return (M, meta_state, _grad_summary(gM, n).astype(grad_M.dtype),
+                M = project(optax.apply_updates(M, upd), max_gpc_norm)
+                return (M, meta_state, grad_summary(gM, n).astype(grad_M.dtype),
                         jnp.asarray(cost, gpc_cost.dtype), y_end - x)
 
             def skip(operands):
@@ -513,7 +378,7 @@ def metaopt(
             cf_shift = None if counterfactual else shift
             lagged = lag_next if real and stateful_T else lagged
             if G is not None:
-                G = _write(G, t, g.astype(dtype))
+                G = write(G, t, g.astype(dtype))
 
         # The played update, with the controller updated first.
         lags = M if M.ndim == 1 else tuple(M[i] for i in range(H))
@@ -537,12 +402,12 @@ def metaopt(
         )
         if learn:
             new_state = new_state.replace(
-                param_history=_write(state.param_history, t, x.astype(dtype))
+                param_history=write(state.param_history, t, x.astype(dtype))
             )
         if replay_costs:
             new_state = new_state.replace(
                 cost_fn_history=tuple(
-                    _write(h, t, jnp.asarray(a, h.dtype))
+                    write(h, t, jnp.asarray(a, h.dtype))
                     for h, a in zip(state.cost_fn_history, jax.tree.leaves(cost_fn), strict=True)
                 )
             )
