@@ -85,3 +85,10 @@ def antithetic_unroll(
     )
     pos_out, neg_out = _halves(both_out, n)
     return pos_state, neg_state, pos_out, neg_out
+
+
+def es_gradient(eps: MetaParams, coeff: jax.Array) -> MetaParams:
+    """mean_i coeff_i * eps_i: the ES estimate from per-task weights coeff [num_tasks]."""
+    return jax.tree_util.tree_map(
+        lambda e: jnp.mean(coeff.reshape((-1,) + (1,) * (e.ndim - 1)) * e, axis=0), eps
+    )

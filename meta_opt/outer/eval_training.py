@@ -25,6 +25,9 @@ from meta_opt.tasks.base import Task, TaskFamily, single_task_to_family
 
 EVAL_SPLITS = ("train", "outer_valid", "test")
 
+# What the curves can train with: an `Optimizer`, an optax transformation, or a learned one.
+AnyOptimizer = Optimizer | optax.GradientTransformation | LearnedOptimizer
+
 
 def _data_of(family: TaskFamily) -> tuple[Any, Any]:
     """(probe task, data arrays or None) of a family; iterator-only data is refused."""
@@ -41,7 +44,7 @@ def _data_of(family: TaskFamily) -> tuple[Any, Any]:
 
 def multi_task_training_curves(
     task_family: TaskFamily,
-    opt: Optimizer | optax.GradientTransformation | LearnedOptimizer,
+    opt: AnyOptimizer,
     num_tasks: int,
     num_steps: int,
     key: chex.PRNGKey,
@@ -142,7 +145,7 @@ def _compiled_curves(family, opt_fn, probe, num_tasks, num_steps, eval_every, ev
 
 def single_task_training_curves(
     task: Task,
-    opt: Optimizer | optax.GradientTransformation | LearnedOptimizer,
+    opt: AnyOptimizer,
     num_steps: int,
     key: chex.PRNGKey,
     theta: MetaParams | None = None,
@@ -150,14 +153,6 @@ def single_task_training_curves(
     eval_batches: int = 5,
 ) -> dict[str, np.ndarray]:
     """`multi_task_training_curves` for one task; arrays lose their task axis."""
-    out = multi_task_training_curves(
-        single_task_to_family(task),
-        opt,
-        1,
-        num_steps,
-        key,
-        theta=theta,
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-    )
+    fam = single_task_to_family(task)
+    out = multi_task_training_curves(fam, opt, 1, num_steps, key, theta, eval_every, eval_batches)
     return {k: (v[0] if v.ndim == 2 else v) for k, v in out.items()}

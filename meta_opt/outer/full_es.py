@@ -17,25 +17,17 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
-
-import chex
 import jax
 import jax.numpy as jnp
 
 from meta_opt.learned.base import LearnedOptimizer
-from meta_opt.outer.antithetic import antithetic_unroll, sample_perturbations
+from meta_opt.outer.antithetic import antithetic_unroll, es_gradient, sample_perturbations
 from meta_opt.outer.gradient_estimator import (
-    GradientEstimator,
     GradientEstimatorOut,
-    WorkerWeights,
+    UnrollingEstimator,
     masked_mean,
 )
-from meta_opt.outer.truncated_step import (
-    VectorizedTruncatedStep,
-    tile_theta,
-    valid_before_first_done,
-)
+from meta_opt.outer.truncated_step import tile_theta, valid_before_first_done
 from meta_opt.outer.truncation_schedules import TruncationSchedule
 from meta_opt.tasks.base import TaskFamily
 
@@ -50,7 +42,7 @@ def run_score(loss: jax.Array, valid: jax.Array, loss_type: str) -> jax.Array:
     return jnp.take_along_axis(loss, last[None, :], axis=0)[0]
 
 
-class FullES(GradientEstimator):
+class FullES(UnrollingEstimator):
     """Antithetic ES on whole inner runs (stateless between estimates).
 
     Args:
@@ -74,28 +66,20 @@ class FullES(GradientEstimator):
     ):
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type '{loss_type}'; known: {', '.join(LOSS_TYPES)}")
-        if not std > 0:
-            raise ValueError(f"FullES needs std > 0, got {std}")
-        if trunc_sched.max_length > 100_000:
-            raise ValueError(
-                f"FullES unrolls whole runs; trunc_sched.max_length={trunc_sched.max_length} "
-                "is too long (use a finite schedule or TruncatedPES)"
-            )
-        self.truncated_step = VectorizedTruncatedStep(
-            task_family, learned_opt, trunc_sched, num_tasks, meta_loss_split=meta_loss_split
-        )
-        self.unroll_length = int(trunc_sched.max_length)
-        self.std, self.loss_type = float(std), loss_type
+        self.loss_type = loss_type
         self.stack_antithetic_samples = stack_antithetic_samples
-        self.trace_count = 0
-        self._estimate = jax.jit(self._estimate_impl)
-
-    def init_worker_state(self, worker_weights: WorkerWeights, key: chex.PRNGKey) -> Any:
-        del worker_weights, key
-        return jnp.zeros((), jnp.int32)  # FullES keeps no state between estimates
+        super().__init__(
+            task_family,
+            learned_opt,
+            trunc_sched,
+            num_tasks,
+            whole_runs=True,
+            std=std,
+            meta_loss_split=meta_loss_split,
+            truncated_alternative="TruncatedPES",
+        )
 
     def _estimate_impl(self, theta, state, key, data):
-        self.trace_count += 1
         step = self.truncated_step
         k_eps, k_init, k_unroll = jax.random.split(key, 3)
         eps = sample_perturbations(theta, k_eps, step.num_tasks, self.std)
@@ -115,14 +99,7 @@ class FullES(GradientEstimator):
         pos_score = run_score(pos_out.loss, valid, self.loss_type)
         neg_score = run_score(neg_out.loss, valid, self.loss_type)
         coeff = (pos_score - neg_score) / (2.0 * self.std**2)
-        grad = jax.tree_util.tree_map(
-            lambda e: jnp.mean(coeff.reshape((-1,) + (1,) * (e.ndim - 1)) * e, axis=0), eps
-        )
+        grad = es_gradient(eps, coeff)
         mean_loss = jnp.mean((pos_score + neg_score) / 2)
         metrics = {"mean_loss": mean_loss, "mean_run_length": jnp.mean(jnp.sum(valid, axis=0))}
         return GradientEstimatorOut(mean_loss, grad, state, None), metrics
-
-    def compute_gradient_estimate(self, worker_weights, key, state, with_summary=False):
-        del with_summary  # metrics are cheap scalars; always returned
-        data = self.truncated_step.get_data(self.unroll_length)
-        return self._estimate(worker_weights.theta, state, key, data)

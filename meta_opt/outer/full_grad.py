@@ -13,27 +13,21 @@ References:
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 
 from meta_opt.learned.base import LearnedOptimizer
 from meta_opt.outer.gradient_estimator import (
-    GradientEstimator,
     GradientEstimatorOut,
-    WorkerWeights,
+    UnrollingEstimator,
     masked_mean,
 )
-from meta_opt.outer.truncated_step import (
-    VectorizedTruncatedStep,
-    tile_theta,
-    valid_before_first_done,
-)
+from meta_opt.outer.truncated_step import tile_theta, valid_before_first_done
 from meta_opt.outer.truncation_schedules import TruncationSchedule
 from meta_opt.tasks.base import TaskFamily
 
 
-class FullGrad(GradientEstimator):
+class FullGrad(UnrollingEstimator):
     """Exact meta-gradient of whole runs (stateless); arguments as `FullES`."""
 
     def __init__(
@@ -45,24 +39,18 @@ class FullGrad(GradientEstimator):
         meta_loss_split: str | None = None,
         remat: bool = True,
     ):
-        if trunc_sched.max_length > 100_000:
-            raise ValueError(
-                f"FullGrad unrolls whole runs; trunc_sched.max_length={trunc_sched.max_length} "
-                "is too long (use a finite schedule or TruncatedGrad)"
-            )
-        self.truncated_step = VectorizedTruncatedStep(
-            task_family, learned_opt, trunc_sched, num_tasks, meta_loss_split=meta_loss_split
+        self.remat = remat
+        super().__init__(
+            task_family,
+            learned_opt,
+            trunc_sched,
+            num_tasks,
+            whole_runs=True,
+            meta_loss_split=meta_loss_split,
+            truncated_alternative="TruncatedGrad",
         )
-        self.unroll_length, self.remat = int(trunc_sched.max_length), remat
-        self.trace_count = 0
-        self._estimate = jax.jit(self._estimate_impl)
-
-    def init_worker_state(self, worker_weights: WorkerWeights, key: chex.PRNGKey):
-        del worker_weights, key
-        return jnp.zeros((), jnp.int32)  # FullGrad keeps no state between estimates
 
     def _estimate_impl(self, theta, state, key, data):
-        self.trace_count += 1
         step = self.truncated_step
         k_init, k_unroll = jax.random.split(key)
 
@@ -77,8 +65,3 @@ class FullGrad(GradientEstimator):
 
         loss, grad = jax.value_and_grad(meta_loss)(theta)
         return GradientEstimatorOut(loss, grad, state, None), {"mean_loss": loss}
-
-    def compute_gradient_estimate(self, worker_weights, key, state, with_summary=False):
-        del with_summary  # metrics are cheap scalars; always returned
-        data = self.truncated_step.get_data(self.unroll_length)
-        return self._estimate(worker_weights.theta, state, key, data)

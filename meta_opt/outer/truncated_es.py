@@ -14,24 +14,21 @@ References:
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 
 from meta_opt.learned.base import LearnedOptimizer
-from meta_opt.outer.antithetic import antithetic_unroll, sample_perturbations
+from meta_opt.outer.antithetic import antithetic_unroll, es_gradient, sample_perturbations
 from meta_opt.outer.gradient_estimator import (
-    GradientEstimator,
     GradientEstimatorOut,
-    WorkerWeights,
+    UnrollingEstimator,
     masked_mean,
 )
-from meta_opt.outer.truncated_step import VectorizedTruncatedStep, tile_theta
 from meta_opt.outer.truncation_schedules import TruncationSchedule
 from meta_opt.tasks.base import TaskFamily
 
 
-class TruncatedES(GradientEstimator):
+class TruncatedES(UnrollingEstimator):
     """Antithetic ES over truncations (see module docstring); arguments as `TruncatedPES`."""
 
     def __init__(
@@ -46,33 +43,19 @@ class TruncatedES(GradientEstimator):
         meta_loss_split: str | None = None,
         stack_antithetic_samples: bool = True,
     ):
-        if int(trunc_length) < 1 or not std > 0:
-            raise ValueError(
-                f"TruncatedES needs trunc_length >= 1 and std > 0, got {trunc_length}, {std}"
-            )
-        self.truncated_step = VectorizedTruncatedStep(
+        self.stack_antithetic_samples = stack_antithetic_samples
+        super().__init__(
             task_family,
             learned_opt,
             trunc_sched,
             num_tasks,
+            trunc_length=trunc_length,
+            std=std,
             random_initial_iteration_offset=random_initial_iteration_offset,
             meta_loss_split=meta_loss_split,
         )
-        self.trunc_length, self.std = int(trunc_length), float(std)
-        self.stack_antithetic_samples = stack_antithetic_samples
-        self.trace_count = 0
-        self._init = jax.jit(
-            lambda theta, key: self.truncated_step.init_step_state(
-                tile_theta(theta, self.truncated_step.num_tasks), key
-            )
-        )
-        self._estimate = jax.jit(self._estimate_impl)
-
-    def init_worker_state(self, worker_weights: WorkerWeights, key: chex.PRNGKey):
-        return self._init(worker_weights.theta, key)
 
     def _estimate_impl(self, theta, state, key, data):
-        self.trace_count += 1
         step = self.truncated_step
         k_eps, k_unroll = jax.random.split(key)
         eps = sample_perturbations(theta, k_eps, step.num_tasks, self.std)
@@ -90,14 +73,7 @@ class TruncatedES(GradientEstimator):
         mask = pos_out.mask & neg_out.mask
         delta = jnp.where(mask, pos_out.loss - neg_out.loss, 0.0)
         coeff = jnp.mean(delta, axis=0) / (2.0 * self.std**2)
-        grad = jax.tree_util.tree_map(
-            lambda e: jnp.mean(coeff.reshape((-1,) + (1,) * (e.ndim - 1)) * e, axis=0), eps
-        )
+        grad = es_gradient(eps, coeff)
         mean_loss = masked_mean((pos_out.loss + neg_out.loss) / 2, mask)
         metrics = {"mean_loss": mean_loss, "num_done": jnp.sum(pos_out.is_done)}
         return GradientEstimatorOut(mean_loss, grad, pos_state, pos_out.iteration), metrics
-
-    def compute_gradient_estimate(self, worker_weights, key, state, with_summary=False):
-        del with_summary  # metrics are cheap scalars; always returned
-        data = self.truncated_step.get_data(self.trunc_length)
-        return self._estimate(worker_weights.theta, state, key, data)

@@ -21,8 +21,6 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import flax
 import jax
@@ -31,14 +29,12 @@ import jax.numpy as jnp
 from meta_opt.learned.base import LearnedOptimizer, MetaParams
 from meta_opt.outer.antithetic import antithetic_unroll, sample_perturbations
 from meta_opt.outer.gradient_estimator import (
-    GradientEstimator,
     GradientEstimatorOut,
-    WorkerWeights,
+    UnrollingEstimator,
     masked_mean,
 )
 from meta_opt.outer.truncated_step import (
     TruncatedUnrollState,
-    VectorizedTruncatedStep,
     tile_theta,
     valid_before_first_done,
 )
@@ -108,7 +104,7 @@ def pes_gradient(
     return jax.tree_util.tree_map(leaf, accumulator, eps)
 
 
-class TruncatedPES(GradientEstimator):
+class TruncatedPES(UnrollingEstimator):
     """PES over truncations of `trunc_length` steps, `num_tasks` runs, antithetic pairs.
 
     Args:
@@ -131,35 +127,26 @@ class TruncatedPES(GradientEstimator):
         meta_loss_split: str | None = None,
         stack_antithetic_samples: bool = True,
     ):
-        if int(trunc_length) < 1 or not std > 0:
-            raise ValueError(
-                f"TruncatedPES needs trunc_length >= 1 and std > 0, got {trunc_length}, {std}"
-            )
-        self.truncated_step = VectorizedTruncatedStep(
+        self.stack_antithetic_samples = stack_antithetic_samples
+        super().__init__(
             task_family,
             learned_opt,
             trunc_sched,
             num_tasks,
+            trunc_length=trunc_length,
+            std=std,
             random_initial_iteration_offset=random_initial_iteration_offset,
             meta_loss_split=meta_loss_split,
         )
-        self.trunc_length, self.std = int(trunc_length), float(std)
-        self.stack_antithetic_samples = stack_antithetic_samples
-        self.trace_count = 0
-        self._init = jax.jit(self._init_impl)
-        self._estimate = jax.jit(self._estimate_impl)
 
-    def _init_impl(self, theta, key):
-        step = self.truncated_step
-        state = step.init_step_state(tile_theta(theta, step.num_tasks), key)
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, tile_theta(theta, step.num_tasks))
+    def _init_impl(self, theta: MetaParams, key: chex.PRNGKey) -> PESWorkerState:
+        state = super()._init_impl(theta, key)
+        zeros = jax.tree_util.tree_map(
+            jnp.zeros_like, tile_theta(theta, self.truncated_step.num_tasks)
+        )
         return PESWorkerState(pos_state=state, neg_state=state, accumulator=zeros)
 
-    def init_worker_state(self, worker_weights: WorkerWeights, key: chex.PRNGKey):
-        return self._init(worker_weights.theta, key)
-
     def _estimate_impl(self, theta, state: PESWorkerState, key, data):
-        self.trace_count += 1
         step = self.truncated_step
         k_eps, k_unroll = jax.random.split(key)
         eps = sample_perturbations(theta, k_eps, step.num_tasks, self.std)
@@ -191,15 +178,3 @@ class TruncatedPES(GradientEstimator):
             "mean_inner_step": jnp.mean(pos_out.iteration),
         }
         return GradientEstimatorOut(mean_loss, grad, new_state, pos_out.iteration), metrics
-
-    def compute_gradient_estimate(
-        self,
-        worker_weights: WorkerWeights,
-        key: chex.PRNGKey,
-        state: Any,
-        with_summary: bool = False,
-    ):
-        data = self.truncated_step.get_data(self.trunc_length)
-        out, metrics = self._estimate(worker_weights.theta, state, key, data)
-        del with_summary  # metrics are cheap scalars; always returned
-        return out, metrics
