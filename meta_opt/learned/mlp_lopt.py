@@ -74,6 +74,23 @@ def apply_mlp(layers: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
     return x @ layers[-1]["w"] + layers[-1]["b"]
 
 
+def apply_mlp_with_shared_features(
+    layers: list[dict[str, jax.Array]], x: jax.Array, shared: jax.Array
+) -> jax.Array:
+    """`apply_mlp(layers, [x, shared])` where `shared` features are the same for every row.
+
+    Features common to all rows (the time features) contribute `shared @ W_shared` to the
+    first layer, so they are folded into its bias once instead of being concatenated to
+    and multiplied with every row: the first layer shrinks from x.shape[-1] +
+    shared.shape[-1] to x.shape[-1] inputs per row, with the same function.
+    """
+    w, n = layers[0]["w"], x.shape[-1]
+    y = x @ w[:n] + (shared @ w[n:] + layers[0]["b"])
+    for layer in layers[1:]:
+        y = jax.nn.relu(y) @ layer["w"] + layer["b"]
+    return y
+
+
 class _MLPOptimizer(Optimizer):
     """The inner optimizer that an `MLPLOpt` theta defines."""
 
@@ -98,34 +115,46 @@ class _MLPOptimizer(Optimizer):
             lambda m, g: decays * m + (1.0 - decays) * g[..., None], opt_state.momentum, grad
         )
         accumulators = self.lopt.update_accumulators(opt_state.accumulators, grad)
-        time = tanh_time_features(opt_state.iteration)
-        mlp = self.theta["mlp"]
-
-        def leaf_step(p, g, m, acc):
-            feats = [p[..., None], g[..., None], m] + self.lopt.extra_features(g, m, acc)
-            x = second_moment_normalizer(jnp.concatenate(feats, axis=-1).astype(jnp.float32))
-            x = jnp.concatenate([x, jnp.broadcast_to(time, p.shape + time.shape)], axis=-1)
-            out = apply_mlp(mlp, x)
-            direction, magnitude = out[..., 0], out[..., 1]
-            step = direction * jnp.exp(magnitude * self.lopt.exp_mult) * self.lopt.step_mult
-            return (p - step).astype(p.dtype)
-
         treedef = jax.tree_util.tree_structure(opt_state.params)
+        params = treedef.flatten_up_to(opt_state.params)
         acc_leaves = (
             treedef.flatten_up_to(accumulators)
             if accumulators is not None
             else [None] * treedef.num_leaves
         )
-        new_leaves = [
-            leaf_step(p, g, m, a)
-            for p, g, m, a in zip(
-                treedef.flatten_up_to(opt_state.params),
-                treedef.flatten_up_to(grad),
-                treedef.flatten_up_to(momentum),
-                acc_leaves,
-                strict=True,
-            )
-        ]
+
+        def leaf_features(p, g, m, acc):
+            """[p.size, F] features of one tensor, normalised over that tensor."""
+            feats = [p[..., None], g[..., None], m] + self.lopt.extra_features(g, m, acc)
+            x = second_moment_normalizer(jnp.concatenate(feats, axis=-1).astype(jnp.float32))
+            return x.reshape(-1, x.shape[-1])
+
+        # One MLP call on all parameters at once (rows of every tensor concatenated): a few
+        # large matmuls instead of one small chain per tensor.
+        if not params:  # nothing to train: keep the structure, count the step
+            return opt_state.replace(iteration=opt_state.iteration + 1, momentum=momentum)
+        x = jnp.concatenate(
+            [
+                leaf_features(p, g, m, a)
+                for p, g, m, a in zip(
+                    params,
+                    treedef.flatten_up_to(grad),
+                    treedef.flatten_up_to(momentum),
+                    acc_leaves,
+                    strict=True,
+                )
+            ],
+            axis=0,
+        )
+        time = tanh_time_features(opt_state.iteration)
+        out = apply_mlp_with_shared_features(self.theta["mlp"], x, time)
+        direction, magnitude = out[:, 0], out[:, 1]
+        step = direction * jnp.exp(magnitude * self.lopt.exp_mult) * self.lopt.step_mult
+        new_leaves, start = [], 0
+        for p in params:
+            leaf_step = step[start : start + p.size].reshape(p.shape)
+            new_leaves.append((p - leaf_step).astype(p.dtype))
+            start += p.size
         return MLPLOptState(
             params=jax.tree_util.tree_unflatten(treedef, new_leaves),
             state=model_state if model_state is not None else opt_state.state,

@@ -8,7 +8,11 @@ import pytest
 
 from meta_opt.learned import AdafacMLPLOpt, LearnableAdam, LearnableSGD, LearnableSGDM, MLPLOpt
 from meta_opt.learned.adafac_mlp_lopt import factored_second_moment
-from meta_opt.learned.mlp_lopt import second_moment_normalizer
+from meta_opt.learned.mlp_lopt import (
+    apply_mlp,
+    second_moment_normalizer,
+    tanh_time_features,
+)
 from meta_opt.optimizers import Optimizer
 
 # w[0, 0] = 0 has a zero gradient under sum(p^2): meta-gradients must stay finite there.
@@ -72,6 +76,45 @@ def test_mlp_lopt_momenta_follow_their_decays():
     expected = np.stack([(1 - d**2) * g for d in (0.0, 0.5, 0.9)], axis=-1)
     np.testing.assert_allclose(state.momentum["b"], expected, rtol=1e-6)
     assert int(state.iteration) == 2
+
+
+def _reference_mlp_lopt_params(lopt, theta, state, grad):
+    """The MLPLOpt step written per tensor, time features concatenated to every row."""
+    new = {}
+    for name, p in state.params.items():
+        g = grad[name]
+        m = (
+            jnp.asarray(lopt.momentum_decays) * state.momentum[name]
+            + (1.0 - jnp.asarray(lopt.momentum_decays)) * g[..., None]
+        )
+        acc = None if state.accumulators is None else state.accumulators[name]
+        if acc is not None:
+            acc = lopt.update_accumulators({name: acc}, {name: g})[name]
+        feats = [p[..., None], g[..., None], m] + lopt.extra_features(g, m, acc)
+        x = second_moment_normalizer(jnp.concatenate(feats, axis=-1))
+        time = tanh_time_features(state.iteration)
+        x = jnp.concatenate([x, jnp.broadcast_to(time, p.shape + time.shape)], axis=-1)
+        out = apply_mlp(theta["mlp"], x)
+        new[name] = p - out[..., 0] * jnp.exp(out[..., 1] * lopt.exp_mult) * lopt.step_mult
+    return new
+
+
+@pytest.mark.parametrize(
+    "lopt", [MLPLOpt(exp_mult=0.3, step_mult=0.1), MLPLOpt(hidden_layers=0), AdafacMLPLOpt()]
+)
+def test_mlp_lopt_fused_update_equals_the_per_tensor_formula(lopt):
+    # The update folds the time features into the first layer's bias and runs one MLP call
+    # over all tensors; the per-tensor formula with concatenated time features is the spec.
+    theta = lopt.init(jax.random.PRNGKey(4))
+    opt = lopt.opt_fn(theta)
+    update = jax.jit(opt.update)
+    state = update(update(opt.init(PARAMS), GRADS), GRADS)  # nonzero momenta, iteration 2
+    grad = jax.tree_util.tree_map(lambda g: -0.5 * g + 0.05, GRADS)
+    expected = _reference_mlp_lopt_params(lopt, theta, state, grad)
+    new = opt.get_params(update(state, grad))
+    for name in PARAMS:
+        np.testing.assert_allclose(new[name], expected[name], rtol=1e-5, atol=1e-7)
+        assert not np.allclose(new[name], state.params[name], atol=1e-6)  # a real step
 
 
 def test_second_moment_normalizer_gives_unit_mean_square_per_channel():
