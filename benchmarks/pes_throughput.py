@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from meta_opt.learned import LearnableAdam, MLPLOpt
+from meta_opt.learned.mlp_lopt import TIME_SCALES
 from meta_opt.optimizers import Adam, to_optax
 from meta_opt.outer import LogUniformLengthSchedule, SingleMachineGradientLearner, TruncatedPES
 from meta_opt.tasks import get_task, single_task_to_family
@@ -101,6 +102,20 @@ def plain_seconds_per_chunk(task, opt, num_tasks: int, repeats: int) -> float:
     return _time(chunk, repeats)
 
 
+def flops_per_parameter(task, lopt) -> tuple[float, float]:
+    """(learned-optimizer FLOPs, model forward+backward FLOPs) per parameter per inner step.
+
+    The model's weights each cost ~2 FLOPs per example forward and ~4 backward (6 * batch);
+    an MLPLOpt costs its per-parameter MLP (the time features enter as a bias, so the first
+    layer sees only the per-parameter features). Elementwise work is left out of both.
+    """
+    model = 6.0 * task.batch_size
+    if not isinstance(lopt, MLPLOpt):
+        return 10.0, model  # optax-style: a handful of elementwise FLOPs per parameter
+    sizes = [lopt.num_features() - len(TIME_SCALES)] + [lopt.hidden_size] * lopt.hidden_layers + [2]
+    return 2.0 * sum(a * b for a, b in zip(sizes, sizes[1:], strict=False)), model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -125,6 +140,14 @@ def main() -> None:
             f"{n:>9} {pes:>12.0f} {adam:>13.0f} {adam / pes:>9.2f} {plain:>13.0f} "
             f"{plain / pes:>9.2f}"
         )
+    lopt_flops, model_flops = flops_per_parameter(task, lopt)
+    floor = 2.0 * (model_flops + lopt_flops) / (model_flops + 10.0)
+    print(
+        f"Adam/PES = (cost of {args.lopt} vs Adam) x (PES overhead lopt/PES, floor 2 from the "
+        f"antithetic pair); {args.lopt} costs ~{lopt_flops:.0f} FLOPs/parameter/step vs "
+        f"~{model_flops:.0f} for the model's forward+backward, so Adam/PES >= ~{floor:.1f}x "
+        "by FLOPs alone."
+    )
 
 
 if __name__ == "__main__":

@@ -288,10 +288,12 @@ class VectorizedTruncatedStep:
             # Resets are rare (once per run length), so branch on "any run ended" with a
             # real lax.cond: under vmap a per-run cond would become a select that builds
             # fresh runs at every step.
-            reset_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+            # The reset keys are derived inside the branch: no work on steps without resets.
             state = jax.lax.cond(
                 jnp.any(out.is_done),
-                lambda s: self._reset_done(theta, s, reset_keys),
+                lambda s: self._reset_done(
+                    theta, s, jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+                ),
                 lambda s: s,
                 state,
             )
