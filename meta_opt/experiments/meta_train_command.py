@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meta_opt.experiments.metrics import read_jsonl, truncate_jsonl
+
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
@@ -112,14 +114,8 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
     state, rng = start["trainer"], start["rng"]
 
     metrics_path = out / "metrics.jsonl"
-    kept = []
-    if metrics_path.exists():  # drop lines written after the checkpoint we resume from
-        kept = [
-            line
-            for line in metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-    metrics_path.write_text("".join(line + "\n" for line in kept))
+    # Drop lines written after the checkpoint we resume from (and a line torn by a kill).
+    truncate_jsonl(metrics_path, step, key="step")
 
     from tensorboardX import SummaryWriter
 
@@ -168,7 +164,7 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
     writer.close()
     ckpt.close()
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    records = read_jsonl(metrics_path)
     summary = {
         "name": config.name,
         "steps": step,

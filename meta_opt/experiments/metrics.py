@@ -31,10 +31,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_jsonl(path: str | Path, max_global_step: int) -> int:
-    """Keeps the lines with global_step <= max_global_step (atomically); returns their count."""
+def truncate_jsonl(path: str | Path, max_step: int, key: str = "global_step") -> int:
+    """Keeps the complete lines with record[key] <= max_step (atomically); returns their count.
+
+    Resuming runs call this so the file holds exactly what the checkpoint had seen; a line
+    torn by a kill is dropped rather than crashing the resume."""
     path = Path(path)
-    kept = [r for r in read_jsonl(path) if r["global_step"] <= max_global_step]
+    kept = [r for r in read_jsonl(path) if r[key] <= max_step]
     tmp = path.with_suffix(".jsonl.tmp")
     with tmp.open("w") as f:
         for r in kept:

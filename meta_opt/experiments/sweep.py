@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import re
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.optimizers.config import ConfigError, OptimizerConfig
+from meta_opt.optimizers.config import parse_override_value as parse_value
 
 Pair = tuple[ExperimentConfig, OptimizerConfig]
 
@@ -59,14 +59,6 @@ def check_pairs(pairs: Any, where: str = "get_config()") -> list[Pair]:
                               f"OptimizerConfig) pair, got {pair!r}")
         out.append((pair[0], pair[1]))
     return out
-
-
-def parse_value(text: str) -> Any:
-    """JSON if it parses (numbers, true/false, null, lists, objects), else the raw string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -172,6 +173,15 @@ class Config:
             raise ConfigError(
                 f"{type(self).__name__}.{field} must be one of {_known(choices)}, got {v!r}"
             )
+
+
+def parse_override_value(text: str) -> Any:
+    """A `--set KEY=VALUE` value: JSON if it parses (numbers, true/false, null, lists,
+    objects), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _to_json(v: Any) -> Any:

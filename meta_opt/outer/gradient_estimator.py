@@ -60,7 +60,7 @@ class GradientEstimator:
         return self.truncated_step.learned_opt
 
     def init_worker_state(self, worker_weights: WorkerWeights, key: chex.PRNGKey) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement init_worker_state")
 
     def compute_gradient_estimate(
         self,
@@ -69,7 +69,9 @@ class GradientEstimator:
         state: Any,
         with_summary: bool = False,
     ) -> tuple[GradientEstimatorOut, dict[str, jax.Array]]:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_gradient_estimate"
+        )
 
     @property
     def name(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
 from typing import Any
 
@@ -18,6 +17,7 @@ import optax
 
 from meta_opt.learned import AdafacMLPLOpt, LearnableAdam, LearnableSGD, LearnableSGDM, MLPLOpt
 from meta_opt.learned.base import LearnedOptimizer
+from meta_opt.optimizers.config import parse_override_value
 from meta_opt.optimizers.optimizer import OptaxOptimizer
 from meta_opt.outer.full_es import FullES
 from meta_opt.outer.full_grad import FullGrad
@@ -134,10 +134,7 @@ class MetaTrainConfig:
             key, raw = item.split("=", 1)
             if key not in d:
                 raise ValueError(f"unknown meta-train config key '{key}'; known: {list(d)}")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
+            value = parse_override_value(raw)
             if key == "task_families" and isinstance(value, str):
                 value = [v for v in value.split(",") if v]
             d[key] = value

@@ -36,7 +36,7 @@ class TruncationSchedule:
     max_length: int
 
     def sample_length(self, key: chex.PRNGKey) -> jax.Array:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement sample_length")
 
     def init(self, key: chex.PRNGKey, outer_state: Any = None) -> TruncationState:
         """The state of a freshly started inner run."""
