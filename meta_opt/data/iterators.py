@@ -83,7 +83,10 @@ def _hashable(checksums) -> tuple:
 @functools.cache
 def _device_image_splits(name, image_size, data_dir, checksums) -> dict:
     raw = load(name, data_dir=data_dir, checksums=dict(checksums) or None)
-    return jax.device_put(prepare_image_splits(raw, image_size))
+    # Eager even when the first request comes from inside a trace (jit, scan): the
+    # result is cached, so a traced value here would leak into every later call.
+    with jax.ensure_compile_time_eval():
+        return jax.device_put(prepare_image_splits(raw, image_size))
 
 
 def device_image_splits(
@@ -100,7 +103,8 @@ def device_image_splits(
 @functools.cache
 def _device_text_splits(path: str | None) -> dict[str, dict[str, jax.Array]]:
     raw = load("text") if path is None else load_text(path)
-    return jax.device_put(prepare_text_splits(raw))
+    with jax.ensure_compile_time_eval():  # eager under a trace too (see above)
+        return jax.device_put(prepare_text_splits(raw))
 
 
 def device_text_splits(path=None) -> dict[str, dict[str, jax.Array]]:

@@ -101,3 +101,25 @@ def test_text_splits_are_contiguous_pieces_of_the_corpus(tmp_path):
     assert [len(p) for p in pieces] == [738, 92, 92]  # 80/10/10 of the first 90% (922 bytes)
     assert np.concatenate([*pieces, np.asarray(splits["test"]["tokens"])]).tobytes() == corpus
     assert iterators.device_text_splits(tmp_path / "c.txt") is splits
+
+
+def test_first_load_from_inside_jit_caches_concrete_arrays(tmp_path):
+    """A first request made while tracing must not cache (and later leak) a tracer."""
+    iterators._device_image_splits.cache_clear()
+    iterators._device_text_splits.cache_clear()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(bytes(range(256)) * 8)
+
+    @jax.jit
+    def first_use(x):
+        images = iterators.device_image_splits("digits", 4)["train"]["image"]
+        tokens = iterators.device_text_splits(str(corpus))["train"]["tokens"]
+        return x + images[0, 0, 0, 0] + tokens[3]
+
+    assert float(first_use(1.0)) == pytest.approx(
+        1.0 + float(iterators.device_image_splits("digits", 4)["train"]["image"][0, 0, 0, 0]) + 3
+    )
+    # The cached arrays are concrete and usable outside any trace.
+    cached = iterators.device_image_splits("digits", 4)["train"]["image"]
+    assert isinstance(cached, jax.Array) and not isinstance(cached, jax.core.Tracer)
+    assert isinstance(iterators.device_text_splits(str(corpus))["test"]["tokens"], jax.Array)
