@@ -28,8 +28,11 @@ class ExperimentConfig(Config):
       workload_name: a built-in task name (`meta_opt.tasks.list_tasks()`).
       full_batch: draw one training batch at the start and train on it for the whole run
         (all episodes); evaluation still uses held-out data.
-      num_episodes: training episodes; each re-initialises the model (fresh key) and the
-        optimizer state (MetaOpt keeps its controller).
+      num_episodes: training episodes; each re-initialises the model (fresh key) and, with
+        `reset_opt_state`, the optimizer state (MetaOpt keeps its controller).
+      reset_opt_state: True: a new episode starts from a fresh optimizer state (MetaOpt:
+        fresh histories and step, same controller M and its meta-optimizer state). False:
+        the whole optimizer state carries over (moments, step counts, MetaOpt histories).
       num_iters: optimizer steps per episode.
       batch_size: training and evaluation batch size.
       eval_every: evaluate every this many steps (and at the end of every episode);
@@ -55,6 +58,7 @@ class ExperimentConfig(Config):
     workload_name: str = "ImageMLP_Digits8_Relu32"
     full_batch: bool = False
     num_episodes: int = 1
+    reset_opt_state: bool = True
     num_iters: int = 100
     batch_size: int = 128
     eval_every: int = 0

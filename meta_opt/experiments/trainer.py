@@ -5,7 +5,8 @@ jitted pure functions over a `TrainState` pytree:
 
 - `init()`: episode 0 (params from the episode's key, fresh optimizer state);
 - `next_episode(state)`: the next episode's params and a reset optimizer state (MetaOpt
-  keeps its controller through `reset_for_new_episode`; others re-run `tx.init`);
+  keeps its controller through `reset_for_new_episode`; others re-run `tx.init`), or the
+  carried-over optimizer state when `reset_opt_state` is False;
 - `train_chunk(state, data, fixed_batch)`: `log_every` steps in one `lax.scan`, returning
   per-step metrics (loss, aux, the optimizer's logging metrics);
 - `evaluate(state, data)`: mean held-out metrics over `eval_batches` fixed batches.
@@ -208,6 +209,9 @@ class Trainer:
     def _next_episode(self, state: TrainState) -> TrainState:
         episode = state.episode + 1
         params, model_state = self._init_params(state.rng, episode)
+        if not self.exp_cfg.reset_opt_state:
+            return TrainState(params, model_state, state.opt_state, state.rng, episode,
+                              jnp.zeros((), jnp.int32))
         opt_state = self.tx.init(params)
         old = find_metaopt_state(state.opt_state)
         if old is not None:

@@ -173,3 +173,32 @@ def test_2x4_mesh_matches_single_device_losses(metaopt_run):
                                rtol=1e-5, atol=1e-6)
     e1, e8 = single.run_eval(s1), sharded.run_eval(s8)
     np.testing.assert_allclose(float(e8["eval_loss"]), float(e1["eval_loss"]), rtol=1e-5)
+
+
+def test_reset_opt_state_false_carries_the_whole_optimizer_state():
+    """Episodes without a reset: new params, but momentum and counters continue."""
+    trainer = Trainer(exp(reset_opt_state=False), toy.ToySGDConfig(momentum=0.9))
+    state, _ = _train(trainer, 2)
+    nxt = trainer.next_episode(state)
+    want = trainer.task.init(Trainer.episode_init_key(trainer.rng, 1))
+    jax.tree.map(_close, nxt.params, want)
+    jax.tree.map(np.testing.assert_array_equal, nxt.opt_state, state.opt_state)
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(nxt.opt_state))
+    # And the first step of the new episode uses the carried momentum: it differs from
+    # the same step taken from a reset state.
+    reset = Trainer(exp(), toy.ToySGDConfig(momentum=0.9))
+    fresh = reset.next_episode(state)
+    jax.tree.map(_close, fresh.params, nxt.params)
+    carried_next, _ = trainer.run_chunk(nxt)
+    reset_next, _ = reset.run_chunk(fresh)
+    assert not np.allclose(carried_next.params["w"], reset_next.params["w"])
+
+
+def test_reset_opt_state_false_keeps_metaopt_histories(metaopt_run):
+    trainer, state, _ = metaopt_run
+    carry = Trainer(exp(reset_opt_state=False), METAOPT)
+    nxt = carry.next_episode(state)
+    before, after = find_metaopt_state(state.opt_state), find_metaopt_state(nxt.opt_state)
+    assert int(after.step) == int(before.step) > 0
+    np.testing.assert_array_equal(np.asarray(after.disturbances), np.asarray(before.disturbances))
+    np.testing.assert_array_equal(np.asarray(after.M), np.asarray(before.M))
