@@ -9,11 +9,17 @@ window, estimator and learner metrics, seconds per step), TensorBoard events,
 saves a checkpoint and exits 130. Running again on the same directory resumes from the
 latest checkpoint and continues exactly as if never interrupted (raise `num_steps` with
 `--set num_steps=N` to train further).
+
+`--ray [--workers N] [--max-staleness K]` meta-trains on Ray instead (one learner actor,
+N worker actors; docs/distributed.md) with the same outputs and the same loop for logging,
+checkpoint cadence and signals; its resume restores the learner exactly but restarts the
+workers' unroll states.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import runpy
 import signal
@@ -22,10 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from meta_opt.experiments.metrics import read_jsonl, truncate_jsonl
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
+RAY_MARKER = "ray.json"  # present in run directories written by --ray
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +50,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=None, help="run directory (default runs/meta_train/NAME)")
     parser.add_argument("--no-plot", action="store_true", help="do not write meta_loss.png")
+    ray = parser.add_argument_group("Ray (docs/distributed.md)")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="meta-train on Ray: one learner actor and --workers worker actors (joins the "
+        "cluster at RAY_ADDRESS, else starts a local one)",
+    )
+    ray.add_argument("--workers", type=int, default=None, help="worker actors (default 2)")
+    ray.add_argument(
+        "--max-staleness",
+        type=int,
+        default=0,
+        help="accept gradients computed on theta up to K meta-steps old (default 0: synchronous)",
+    )
+    ray.add_argument(
+        "--max-worker-restarts",
+        type=int,
+        default=3,
+        help="restarts of a dead worker before the run fails (default 3)",
+    )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None):
@@ -71,12 +101,123 @@ def _same_run(saved: dict[str, Any], config_dict: dict[str, Any]) -> bool:
     }
 
 
-def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[str, Any]:
-    """Meta-trains as `config` says, writing into `out_dir`; resumes when it can."""
-    import jax
-    import numpy as np
+def _due(step: int, every: int, num_steps: int) -> bool:
+    """Log / checkpoint cadence shared by both paths: every `every` steps and the last one."""
+    return step % every == 0 or step == num_steps
 
+
+def _open_run_dir(config, out: Path, ray: bool):
+    """Checks `out` holds this run (or nothing), writes config.json; returns a checkpointer."""
     from meta_opt.outer.checkpoint import MetaTrainCheckpointer
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_path, marker = out / "config.json", out / RAY_MARKER
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        if not _same_run(saved, config.to_dict()):
+            raise ValueError(
+                f"{out} holds a different meta-training run (config.json differs); "
+                "use another --out or delete the directory"
+            )
+    ckpt = MetaTrainCheckpointer(out / "checkpoints")
+    if ckpt.latest_step() is not None and marker.exists() != ray:
+        ckpt.close()
+        written, asked = ("--ray", "without --ray") if marker.exists() else ("one machine", "--ray")
+        raise ValueError(
+            f"{out} holds a meta-training run written by {written}; its checkpoint cannot be "
+            f"resumed {asked}. Run the same command as before, or use another --out"
+        )
+    config_path.write_text(json.dumps(config.to_dict(), indent=2))
+    return ckpt
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """Ctrl-C / SIGTERM set `stop["signal"]`: the loop finishes the step, checkpoints, stops."""
+    stop: dict[str, Any] = {"signal": None}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, lambda n, f: stop.update(signal=n))
+        except ValueError:  # not the main thread: no handlers, no graceful stop
+            pass
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _drive(
+    config,
+    out: Path,
+    ckpt,
+    start_step: int,
+    steps,
+    stop: dict,
+    plot: bool,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The loop both paths share: metrics.jsonl + TensorBoard, checkpoints, summary, plot.
+
+    `steps` yields `(step, loss, metrics, checkpoint, last)` per meta-step in order;
+    `checkpoint()` returns `(payload, theta)` of that step (None: not available), and a
+    checkpoint is written when the cadence says so or at the `last` step of a stopped run.
+    """
+    from tensorboardX import SummaryWriter
+
+    metrics_path = out / "metrics.jsonl"
+    # Drop lines written after the checkpoint we resume from (and a line torn by a kill).
+    truncate_jsonl(metrics_path, start_step, key="step")
+    writer = SummaryWriter(str(out / "tensorboard"))
+    window, t0, step = [], time.time(), start_step
+    try:
+        with metrics_path.open("a") as log:
+            for step, loss, metrics, checkpoint, last in steps:
+                window.append(float(loss))
+                if _due(step, config.log_every, config.num_steps):
+                    record = {
+                        "step": step,
+                        "meta_loss": float(np.mean(window)),
+                        "meta_loss_last": window[-1],
+                        "seconds_per_step": (time.time() - t0) / len(window),
+                        **{k: float(v) for k, v in metrics.items()},
+                    }
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    for name, value in record.items():
+                        if name != "step":
+                            writer.add_scalar(name, value, step)
+                    window, t0 = [], time.time()
+                if checkpoint is not None and (
+                    last or _due(step, config.checkpoint_every, config.num_steps)
+                ):
+                    payload, theta = checkpoint()
+                    info = {"step": step, "name": config.name, **(meta or {})}
+                    ckpt.save(step, payload, theta, info)
+    finally:
+        writer.close()
+        ckpt.close()
+
+    records = read_jsonl(metrics_path)
+    summary = {
+        "name": config.name,
+        "steps": step,
+        "final_meta_loss": records[-1]["meta_loss"] if records else None,
+        "first_meta_loss": records[0]["meta_loss"] if records else None,
+        "interrupted": stop["signal"] is not None,
+        **(meta or {}),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if plot and records:
+        _plot(records, out / "meta_loss.png", config.name)
+    return summary
+
+
+def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[str, Any]:
+    """Meta-trains as `config` says in this process, writing into `out_dir`; resumes exactly."""
+    import jax
+
     from meta_opt.outer.gradient_learner import SingleMachineGradientLearner
     from meta_opt.outer.meta_train_config import (
         build_estimator,
@@ -86,17 +227,7 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
     )
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if not _same_run(saved, config.to_dict()):
-            raise ValueError(
-                f"{out} holds a different meta-training run (config.json differs); "
-                "use another --out or delete the directory"
-            )
-    config_path.write_text(json.dumps(config.to_dict(), indent=2))
-
+    ckpt = _open_run_dir(config, out, ray=False)
     lopt = build_learned_optimizer(config)
     estimators = [
         build_estimator(config, lopt, build_task_family(n, config.data_dir, config.batch_size))
@@ -104,78 +235,97 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
     ]
     trainer = SingleMachineGradientLearner(lopt, estimators, build_theta_opt(config))
     key = jax.random.PRNGKey(config.seed)
-    ckpt = MetaTrainCheckpointer(out / "checkpoints")
     start = {"trainer": trainer.init(key), "rng": jax.random.fold_in(key, 1), "step": 0}
-    step = 0
     if ckpt.latest_step() is not None:
         start, _ = ckpt.restore(start)
-        step = int(start["step"])
-        print(f"resuming {out} from meta-step {step}", file=sys.stderr)
-    state, rng = start["trainer"], start["rng"]
+        print(f"resuming {out} from meta-step {int(start['step'])}", file=sys.stderr)
+    start_step, rng = int(start["step"]), start["rng"]
 
-    metrics_path = out / "metrics.jsonl"
-    # Drop lines written after the checkpoint we resume from (and a line torn by a kill).
-    truncate_jsonl(metrics_path, step, key="step")
-
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tensorboard"))
-    window, t0 = [], time.time()
-    # Ctrl-C / SIGTERM: finish the current meta-step, checkpoint, stop (resume later).
-    stop = {"signal": None}
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[signum] = signal.signal(signum, lambda n, f: stop.update(signal=n))
-        except ValueError:  # not the main thread: no handlers, no graceful stop
-            pass
-    with metrics_path.open("a") as log:
+    def steps(stop):
+        state, step = start["trainer"], start_step
         while step < config.num_steps and stop["signal"] is None:
-            log_now = (step + 1) % config.log_every == 0 or step + 1 == config.num_steps
+            log_now = _due(step + 1, config.log_every, config.num_steps)
             state, loss, metrics = trainer.update(
                 state, jax.random.fold_in(rng, step), with_metrics=log_now
             )
             step += 1
-            window.append(float(loss))
-            if log_now:
-                record = {
-                    "step": step,
-                    "meta_loss": float(np.mean(window)),
-                    "meta_loss_last": window[-1],
-                    "seconds_per_step": (time.time() - t0) / len(window),
-                    **{k: float(v) for k, v in metrics.items()},
-                }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                for name, value in record.items():
-                    if name != "step":
-                        writer.add_scalar(name, value, step)
-                window, t0 = [], time.time()
-            if (
-                step % config.checkpoint_every == 0
-                or step == config.num_steps
-                or stop["signal"] is not None
-            ):
-                payload = {"trainer": state, "rng": rng, "step": step}
-                theta = trainer.get_theta(state)
-                ckpt.save(step, payload, theta, {"step": step, "name": config.name})
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
-    writer.close()
-    ckpt.close()
+            checkpoint = lambda s=state, t=step: (
+                {"trainer": s, "rng": rng, "step": t},
+                trainer.get_theta(s),
+            )
+            yield step, loss, metrics, checkpoint, stop["signal"] is not None
 
-    records = read_jsonl(metrics_path)
-    summary = {
-        "name": config.name,
-        "steps": step,
-        "final_meta_loss": records[-1]["meta_loss"] if records else None,
-        "first_meta_loss": records[0]["meta_loss"] if records else None,
-        "interrupted": stop["signal"] is not None,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if plot and records:
-        _plot(records, out / "meta_loss.png", config.name)
-    return summary
+    with _graceful_stop() as stop:
+        return _drive(config, out, ckpt, start_step, steps(stop), stop, plot)
+
+
+def run_ray_meta_training(
+    config,
+    out_dir: str | Path,
+    num_workers: int,
+    max_staleness: int = 0,
+    plot: bool = True,
+    num_gradients_per_step: int | None = None,
+    max_worker_restarts: int = 3,
+    worker_num_cpus: float = 1.0,
+) -> dict[str, Any]:
+    """Meta-trains on Ray (one learner actor, `num_workers` worker actors) into `out_dir`.
+
+    Joins the cluster at `RAY_ADDRESS` (or the one this process already started), else
+    starts a local one and shuts it down at the end. Logs and checkpoints like
+    `run_meta_training` (the `theta` item is the same, so `meta-opt eval-lopt` reads it).
+    Resuming restores the learner (theta, meta-optimizer state, step); workers start fresh
+    unroll states. See docs/distributed.md and `meta_opt.distributed.RayMetaTraining`.
+    """
+    import os
+    import warnings
+
+    import jax
+    import ray
+
+    from meta_opt.distributed import RayMetaTraining
+    from meta_opt.outer.gradient_learner import GradientLearner
+    from meta_opt.outer.meta_train_config import build_learned_optimizer, build_theta_opt
+
+    out = Path(out_dir)
+    ckpt = _open_run_dir(config, out, ray=True)
+    (out / RAY_MARKER).write_text(json.dumps({"num_workers": num_workers}))
+    learner_state, start_step = None, 0
+    if ckpt.latest_step() is not None:
+        # The template only gives orbax the structure; the learner actor builds its own.
+        learner = GradientLearner(build_learned_optimizer(config), build_theta_opt(config))
+        template = {"learner": learner.init(jax.random.PRNGKey(config.seed)), "step": 0}
+        restored, _ = ckpt.restore(template)
+        learner_state, start_step = restored["learner"], int(restored["step"])
+        print(f"resuming {out} from meta-step {start_step} (fresh unroll states)", file=sys.stderr)
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        with warnings.catch_warnings():
+            # Ray starts its processes with fork+exec, which is safe in a JAX process.
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    trainer = RayMetaTraining(
+        config,
+        num_workers,
+        max_staleness=max_staleness,
+        num_gradients_per_step=num_gradients_per_step,
+        max_worker_restarts=max_worker_restarts,
+        worker_num_cpus=worker_num_cpus,
+    )
+    meta = {"ray_workers": num_workers, "max_staleness": max_staleness}
+    try:
+        with _graceful_stop() as stop:
+            trainer.start(learner_state, start_step)
+            steps = trainer.steps(lambda: stop["signal"] is not None)
+            summary = _drive(config, out, ckpt, start_step, steps, stop, plot, meta)
+        summary["worker_restarts"] = sum(trainer.restarts)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        trainer.shutdown()
+        if started_ray:
+            ray.shutdown()
 
 
 def _plot(records: list[dict], path: Path, title: str) -> None:
@@ -201,11 +351,28 @@ def main(args: argparse.Namespace) -> int:
         print(f"meta-opt meta-train: {err}", file=sys.stderr)
         return EXIT_CONFIG
     out = Path(args.out) if args.out else Path("runs") / "meta_train" / config.name
+    ray = getattr(args, "ray", False)
+    if not ray and (args.workers is not None or args.max_staleness):
+        print("meta-opt meta-train: --workers and --max-staleness need --ray", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        summary = run_meta_training(config, out, plot=not args.no_plot)
+        if ray:
+            summary = run_ray_meta_training(
+                config,
+                out,
+                num_workers=2 if args.workers is None else args.workers,
+                max_staleness=args.max_staleness,
+                plot=not args.no_plot,
+                max_worker_restarts=args.max_worker_restarts,
+            )
+        else:
+            summary = run_meta_training(config, out, plot=not args.no_plot)
     except ValueError as err:
         print(f"meta-opt meta-train: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except RuntimeError as err:  # Ray: a worker died too often, or the learner died
+        print(f"meta-opt meta-train: {err}", file=sys.stderr)
+        return EXIT_FAILED
     if summary["interrupted"]:
         print(
             f"interrupted at meta-step {summary['steps']}; checkpoint saved. Resume with the "
