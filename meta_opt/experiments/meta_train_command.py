@@ -128,6 +128,11 @@ def _open_run_dir(config, out: Path, ray: bool):
             f"resumed {asked}. Run the same command as before, or use another --out"
         )
     config_path.write_text(json.dumps(config.to_dict(), indent=2))
+    if ckpt.latest_step() is None:  # nothing to resume: this call decides the run's path
+        if ray:
+            marker.write_text(json.dumps({"written_by": "meta-opt meta-train --ray"}))
+        else:
+            marker.unlink(missing_ok=True)
     return ckpt
 
 
@@ -197,7 +202,6 @@ def _drive(
                     ckpt.save(step, payload, theta, info)
     finally:
         writer.close()
-        ckpt.close()
 
     records = read_jsonl(metrics_path)
     summary = {
@@ -226,14 +230,14 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
         build_theta_opt,
     )
 
-    out = Path(out_dir)
-    ckpt = _open_run_dir(config, out, ray=False)
     lopt = build_learned_optimizer(config)
     estimators = [
         build_estimator(config, lopt, build_task_family(n, config.data_dir, config.batch_size))
         for n in config.task_families
     ]
     trainer = SingleMachineGradientLearner(lopt, estimators, build_theta_opt(config))
+    out = Path(out_dir)
+    ckpt = _open_run_dir(config, out, ray=False)
     key = jax.random.PRNGKey(config.seed)
     start = {"trainer": trainer.init(key), "rng": jax.random.fold_in(key, 1), "step": 0}
     if ckpt.latest_step() is not None:
@@ -255,8 +259,11 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
             )
             yield step, loss, metrics, checkpoint, stop["signal"] is not None
 
-    with _graceful_stop() as stop:
-        return _drive(config, out, ckpt, start_step, steps(stop), stop, plot)
+    try:
+        with _graceful_stop() as stop:
+            return _drive(config, out, ckpt, start_step, steps(stop), stop, plot)
+    finally:
+        ckpt.close()
 
 
 def run_ray_meta_training(
@@ -287,9 +294,16 @@ def run_ray_meta_training(
     from meta_opt.outer.gradient_learner import GradientLearner
     from meta_opt.outer.meta_train_config import build_learned_optimizer, build_theta_opt
 
+    trainer = RayMetaTraining(  # validates the arguments before anything is written
+        config,
+        num_workers,
+        max_staleness=max_staleness,
+        num_gradients_per_step=num_gradients_per_step,
+        max_worker_restarts=max_worker_restarts,
+        worker_num_cpus=worker_num_cpus,
+    )
     out = Path(out_dir)
     ckpt = _open_run_dir(config, out, ray=True)
-    (out / RAY_MARKER).write_text(json.dumps({"num_workers": num_workers}))
     learner_state, start_step = None, 0
     if ckpt.latest_step() is not None:
         # The template only gives orbax the structure; the learner actor builds its own.
@@ -305,14 +319,6 @@ def run_ray_meta_training(
             # Ray starts its processes with fork+exec, which is safe in a JAX process.
             warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
             ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    trainer = RayMetaTraining(
-        config,
-        num_workers,
-        max_staleness=max_staleness,
-        num_gradients_per_step=num_gradients_per_step,
-        max_worker_restarts=max_worker_restarts,
-        worker_num_cpus=worker_num_cpus,
-    )
     meta = {"ray_workers": num_workers, "max_staleness": max_staleness}
     try:
         with _graceful_stop() as stop:
@@ -323,6 +329,7 @@ def run_ray_meta_training(
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
     finally:
+        ckpt.close()
         trainer.shutdown()
         if started_ray:
             ray.shutdown()
@@ -352,7 +359,8 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     out = Path(args.out) if args.out else Path("runs") / "meta_train" / config.name
     ray = getattr(args, "ray", False)
-    if not ray and (args.workers is not None or args.max_staleness):
+    workers, max_staleness = getattr(args, "workers", None), getattr(args, "max_staleness", 0)
+    if not ray and (workers is not None or max_staleness):
         print("meta-opt meta-train: --workers and --max-staleness need --ray", file=sys.stderr)
         return EXIT_CONFIG
     try:
@@ -360,10 +368,10 @@ def main(args: argparse.Namespace) -> int:
             summary = run_ray_meta_training(
                 config,
                 out,
-                num_workers=2 if args.workers is None else args.workers,
-                max_staleness=args.max_staleness,
+                num_workers=2 if workers is None else workers,
+                max_staleness=max_staleness,
                 plot=not args.no_plot,
-                max_worker_restarts=args.max_worker_restarts,
+                max_worker_restarts=getattr(args, "max_worker_restarts", 3),
             )
         else:
             summary = run_meta_training(config, out, plot=not args.no_plot)

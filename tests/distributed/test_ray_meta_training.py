@@ -1,6 +1,7 @@
 """Ray meta-training on a real local cluster: synchronous arithmetic, staleness, restarts, CLI."""
 
 import json
+import warnings
 
 import jax
 import numpy as np
@@ -47,12 +48,14 @@ TINY = dict(
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """One small local cluster for the module (no fixed port, small object store)."""
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=200 * 1024 * 1024,
-        log_to_driver=False,
-    )
+    with warnings.catch_warnings():  # Ray's fork+exec in a JAX process is safe
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=200 * 1024 * 1024,
+            log_to_driver=False,
+        )
     yield
     ray.shutdown()
 
