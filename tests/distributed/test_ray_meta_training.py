@@ -60,9 +60,9 @@ def cluster():
     ray.shutdown()
 
 
-def _run(trainer, kill_at=None):
+def _run(trainer, kill_at=None, records=None):
     """Drives `trainer` to the end; returns (records, last checkpoint (payload, theta))."""
-    records, last_ckpt = [], None
+    records, last_ckpt = [] if records is None else records, None
     trainer.start()
     try:
         for step, loss, metrics, ckpt, _ in trainer.steps():
@@ -159,11 +159,25 @@ def test_killed_worker_is_restarted_and_training_finishes():
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(theta))
 
 
-def test_restarts_are_bounded_with_an_error_naming_the_worker():
+def test_async_mode_and_restart_bound():
+    # Asynchronous: one gradient per step, up to one step stale. Then a killed worker with
+    # no restarts allowed fails the run with an error naming it.
     config = MetaTrainConfig.from_dict(dict(TINY, num_steps=1000))
-    trainer = RayMetaTraining(config, num_workers=2, worker_num_cpus=0, max_worker_restarts=0)
+    trainer = RayMetaTraining(
+        config,
+        num_workers=2,
+        max_staleness=1,
+        num_gradients_per_step=1,
+        worker_num_cpus=0,
+        max_worker_restarts=0,
+    )
+    records = []
     with pytest.raises(RuntimeError, match=r"Ray worker 1 died 1 times \(max_worker_restarts=0\)"):
-        _run(trainer, kill_at=1)
+        _run(trainer, kill_at=5, records=records)
+    assert [r[0] for r in records[:5]] == [1, 2, 3, 4, 5]
+    for step, _, metrics in records:
+        assert metrics["ray/accepted"] == step  # one accepted gradient per step
+        assert metrics["ray/mean_staleness"] in (0.0, 1.0)
 
 
 def test_cli_ray_run_writes_checkpoint_and_resumes(tmp_path, capsys):
