@@ -57,17 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="meta-train on Ray: one learner actor and --workers worker actors (joins the "
         "cluster at RAY_ADDRESS, else starts a local one)",
     )
-    ray.add_argument("--workers", type=int, default=None, help="worker actors (default 2)")
+    ray.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="worker actors (default 2)"
+    )
     ray.add_argument(
         "--max-staleness",
         type=int,
         default=0,
+        metavar="K",
         help="accept gradients computed on theta up to K meta-steps old (default 0: synchronous)",
     )
     ray.add_argument(
         "--max-worker-restarts",
         type=int,
         default=3,
+        metavar="R",
         help="restarts of a dead worker before the run fails (default 3)",
     )
 
