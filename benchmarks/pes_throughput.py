@@ -6,7 +6,8 @@ num_tasks 4 and 16. One PES meta-step advances num_tasks inner runs by trunc_len
 (each step runs twice: the antithetic pair), so PES pays at least 2x plain training; the
 target is <= 2.5x. The baseline trains the same tasks with optax Adam in one jitted
 `lax.scan` of trunc_length steps, vmapped over num_tasks, drawing batches in jit exactly
-as the truncated step does. Both are timed in this process after compilation.
+as the truncated step does. All are timed in this process after compilation, in
+rotation (one call of each per round), so machine noise hits them alike.
 
     python benchmarks/pes_throughput.py [--repeats 20] [--lopt MLPLOpt|LearnableAdam]
                                         [--task NAME] [--num-tasks 4 16]
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -37,19 +39,26 @@ from meta_opt.tasks import get_task, single_task_to_family
 TRUNC_LENGTH = 50
 
 
-def _time(fn, repeats: int) -> float:
-    """Median seconds per call after two warm-up calls (the median resists machine noise)."""
-    fn()  # compile and warm up
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_seconds(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in rotation after two warm-ups.
+
+    Round-robin timing makes a slow spell of a shared machine hit every workload alike,
+    so their ratios stay meaningful even when absolute rates drift.
+    """
+    for fn in fns.values():  # compile and warm up
         fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def pes_seconds_per_meta_step(task, lopt, num_tasks: int, repeats: int) -> float:
+def pes_meta_step(task, lopt, num_tasks: int) -> tuple[Callable[[], None], TruncatedPES]:
+    """One PES meta-step (estimate + theta update) per call, on fresh keys."""
     est = TruncatedPES(
         task_family=single_task_to_family(task),
         learned_opt=lopt,
@@ -66,13 +75,11 @@ def pes_seconds_per_meta_step(task, lopt, num_tasks: int, repeats: int) -> float
         box["state"], loss, _ = trainer.update(box["state"], jax.random.PRNGKey(box["i"]))
         jax.block_until_ready(loss)
 
-    seconds = _time(step, repeats)
-    assert est.trace_count == 1, "PES recompiled during the benchmark"
-    return seconds
+    return step, est
 
 
-def plain_seconds_per_chunk(task, opt, num_tasks: int, repeats: int) -> float:
-    """Seconds to train num_tasks tasks TRUNC_LENGTH steps with `opt`, vmapped, no ES."""
+def plain_chunk(task, opt, num_tasks: int) -> Callable[[], None]:
+    """Trains num_tasks tasks TRUNC_LENGTH steps with `opt`, vmapped, no ES, per call."""
     tx = opt if isinstance(opt, optax.GradientTransformation) else to_optax(opt)
     data = task.data_arrays["train"]
 
@@ -102,7 +109,7 @@ def plain_seconds_per_chunk(task, opt, num_tasks: int, repeats: int) -> float:
         keys = jax.random.split(jax.random.PRNGKey(box["i"]), num_tasks)
         jax.block_until_ready(run(keys, data))
 
-    return _time(chunk, repeats)
+    return chunk
 
 
 def _flops(fn, *args) -> float:
@@ -163,11 +170,17 @@ def main() -> None:
         f"{'lopt steps/s':>13} {'lopt/PES':>9}"
     )
     for n in args.num_tasks:
-        pes = n * TRUNC_LENGTH / pes_seconds_per_meta_step(task, lopt, n, args.repeats)
-        adam = n * TRUNC_LENGTH / plain_seconds_per_chunk(task, optax.adam(1e-3), n, args.repeats)
-        plain = (
-            n * TRUNC_LENGTH / plain_seconds_per_chunk(task, lopt.opt_fn(theta), n, args.repeats)
+        pes_step, est = pes_meta_step(task, lopt, n)
+        seconds = median_seconds(
+            {
+                "pes": pes_step,
+                "adam": plain_chunk(task, optax.adam(1e-3), n),
+                "lopt": plain_chunk(task, lopt.opt_fn(theta), n),
+            },
+            args.repeats,
         )
+        assert est.trace_count == 1, "PES recompiled during the benchmark"
+        pes, adam, plain = (n * TRUNC_LENGTH / seconds[k] for k in ("pes", "adam", "lopt"))
         print(
             f"{n:>9} {pes:>12.0f} {adam:>13.0f} {adam / pes:>9.2f} {plain:>13.0f} "
             f"{plain / pes:>9.2f}"
