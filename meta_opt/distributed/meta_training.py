@@ -83,10 +83,6 @@ def _build(config_dict: dict[str, Any], with_estimators: bool = True):
     return config, lopt, estimators, build_theta_opt(config)
 
 
-def _due(step: int, every: int, num_steps: int) -> bool:
-    return step % every == 0 or step == num_steps
-
-
 class LearnerActor:
     """The central learner: theta, its optimizer state and the meta-step (run as a Ray actor).
 
@@ -170,12 +166,13 @@ class LearnerActor:
                 "step": self._step,
                 "loss": metrics["mean_loss"],
                 **metrics,
-                "seconds_per_step": seconds,  # learner wall time since the previous step
+                # The driver logs seconds_per_step over its logging window, like one machine.
+                "ray/learner_seconds_since_last_step": seconds,
                 "ray/mean_staleness": float(staleness),
                 **{f"ray/{k}": float(v) for k, v in self._counts.items()},
             }
         )
-        if _due(self._step, self._config.checkpoint_every, self._config.num_steps):
+        if self._config.checkpoint_due(self._step):
             self._snapshots[self._step] = self._snapshot()
         self._cond.notify_all()
 

@@ -105,11 +105,6 @@ def _same_run(saved: dict[str, Any], config_dict: dict[str, Any]) -> bool:
     }
 
 
-def _due(step: int, every: int, num_steps: int) -> bool:
-    """Log / checkpoint cadence shared by both paths: every `every` steps and the last one."""
-    return step % every == 0 or step == num_steps
-
-
 def _open_run_dir(config, out: Path, ray: bool):
     """Checks `out` holds this run (or nothing), writes config.json; returns a checkpointer."""
     from meta_opt.outer.checkpoint import MetaTrainCheckpointer
@@ -184,7 +179,7 @@ def _drive(
         with metrics_path.open("a") as log:
             for step, loss, metrics, checkpoint, last in steps:
                 window.append(float(loss))
-                if _due(step, config.log_every, config.num_steps):
+                if config.log_due(step):
                     record = {
                         "step": step,
                         "meta_loss": float(np.mean(window)),
@@ -198,9 +193,7 @@ def _drive(
                         if name != "step":
                             writer.add_scalar(name, value, step)
                     window, t0 = [], time.time()
-                if checkpoint is not None and (
-                    last or _due(step, config.checkpoint_every, config.num_steps)
-                ):
+                if checkpoint is not None and (last or config.checkpoint_due(step)):
                     payload, theta = checkpoint()
                     info = {"step": step, "name": config.name, **(meta or {})}
                     ckpt.save(step, payload, theta, info)
@@ -252,7 +245,7 @@ def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[st
     def steps(stop):
         state, step = start["trainer"], start_step
         while step < config.num_steps and stop["signal"] is None:
-            log_now = _due(step + 1, config.log_every, config.num_steps)
+            log_now = config.log_due(step + 1)
             state, loss, metrics = trainer.update(
                 state, jax.random.fold_in(rng, step), with_metrics=log_now
             )

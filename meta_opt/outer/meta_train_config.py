@@ -112,6 +112,14 @@ class MetaTrainConfig:
         if not self.std > 0 or not self.theta_lr > 0:
             raise ValueError(f"std and theta_lr must be > 0, got {self.std}, {self.theta_lr}")
 
+    def log_due(self, step: int) -> bool:
+        """Whether meta-step `step` (counted from 1) writes a metrics line."""
+        return step % self.log_every == 0 or step == self.num_steps
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether meta-step `step` is checkpointed (on one machine and on Ray alike)."""
+        return step % self.checkpoint_every == 0 or step == self.num_steps
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["task_families"] = list(self.task_families)
