@@ -129,6 +129,7 @@ class Series:
     first_non_finite_x: float | None
 
     def finite_y(self) -> np.ndarray:
+        """The y values that are numbers (the breaks and non-finite points left out)."""
         return self.y[np.isfinite(self.y)]
 
 
