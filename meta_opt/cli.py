@@ -19,7 +19,7 @@ import meta_opt
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("meta_opt.experiments.run_command", "run an experiment sweep from a config file"),
-    "plot": ("meta_opt.experiments.plot_command", "write PNG plots for run directories"),
+    "plot": ("meta_opt.experiments.plot_command", "write PNG plots of runs and eval-lopt results"),
     "bench": ("meta_opt.experiments.bench_command", "benchmarks (e.g. `bench synthetic`)"),
     "data": ("meta_opt.data.data_command", "dataset status and downloads"),
     "meta-train": (

@@ -56,7 +56,7 @@ def test_building_the_parser_imports_no_jax():
 def test_a_subcommand_help_imports_only_that_command():
     stdout, imported = run_child(["plot", "--help"])
     assert imported["commands"] == ["meta_opt.experiments.plot_command"]
-    assert "usage: meta-opt plot" in stdout and "RUN_DIR" in stdout
+    assert "usage: meta-opt plot" in stdout and "PATH [PATH ...]" in stdout
 
 
 def test_version_prints_the_installed_version(capsys):

@@ -56,8 +56,9 @@ def loss_fn(params, curvature):
                                                          jax.tree.leaves(params), strict=True))
 
 
-def run(tx, steps: int = 4):
-    """Params after each step of `tx` on the quadratic, cost_fn passed as meta_opt does."""
+def run(tx, steps: int = 4, loss_arg: str = "cost_fn"):
+    """Params after each step of `tx` on the quadratic, the loss passed as `loss_arg`
+    (meta_opt's loops pass it as `cost_fn`)."""
     tx = optax.with_extra_args_support(tx)
 
     @jax.jit
@@ -66,7 +67,7 @@ def run(tx, steps: int = 4):
             params, state = carry
             cost_fn = make_cost_fn(loss_fn, CURV)
             value, grads = jax.value_and_grad(cost_fn)(params)
-            updates, state = tx.update(grads, state, params, value=value, cost_fn=cost_fn)
+            updates, state = tx.update(grads, state, params, value=value, **{loss_arg: cost_fn})
             params = optax.apply_updates(params, updates)
             return (params, state), params
 
@@ -109,13 +110,7 @@ def test_sophia_gets_the_cost_fn_as_optax_sophias_obj_fn():
     got = run(SophiaConfig(learning_rate=0.05, gamma=1.0, update_interval=2).make_jax(), 6)
     sophia = contrib.sophia(0.05, gamma=1.0, update_interval=2, hessian_diagonal_fn=(
         contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(0))))
-    params, state, want = X0, sophia.init(X0), []
-    for _ in range(6):
-        obj_fn = make_cost_fn(loss_fn, CURV)
-        updates, state = sophia.update(jax.grad(obj_fn)(params), state, params, obj_fn=obj_fn)
-        params = optax.apply_updates(params, updates)
-        want.append(params)
-    assert_trees_close(got, jax.tree.map(lambda *x: jnp.stack(x), *want), rtol=1e-5, atol=1e-7)
+    assert_trees_close(got, run(sophia, 6, loss_arg="obj_fn"), rtol=1e-5, atol=1e-7)
     tx = SophiaConfig().make_jax()
     with pytest.raises(ValueError, match="Sophia needs the loss function.*cost_fn=f"):
         tx.update(X0, tx.init(X0), X0)
