@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= auto
 
-.PHONY: run bench test install install-dev lint clean
+.PHONY: run bench test install install-dev lint docs check-docstrings check-references clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,18 @@ lint: install-dev
 test: install-dev lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
 
+# The site (guides in docs/ and the API reference built from docstrings) in build/site;
+# any warning (a broken link, a docstring mkdocstrings cannot parse) fails the build.
+docs: install-dev
+	$(BIN)/mkdocs build --strict
+
+# The two library-hygiene checks on their own: every public name has a docstring; no file
+# points to a file outside the repository.
+check-docstrings: install-dev
+	$(BIN)/python -m pytest tests/test_library_basics.py -n 0 -k docstring
+
+check-references: install-dev
+	$(BIN)/python -m pytest tests/test_library_basics.py -n 0 -k refer
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs build .pytest_cache .ruff_cache

@@ -1,4 +1,8 @@
-"""`meta-opt plot RUN_DIR ... [--out DIR]`: PNG plots of finished or running runs."""
+"""`meta-opt plot PATH ... [--out DIR]`: PNG plots of runs and of eval-lopt results.
+
+A PATH is a `meta-opt run` pair directory, an experiment folder of them, or an
+`eval_<task>.json` written by `meta-opt eval-lopt` (its training curves).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,29 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="pair directories (with config.json) or experiment folders")
+    """Defines `meta-opt plot`'s arguments (imports nothing heavy)."""
+    parser.add_argument("run_dirs", nargs="+", metavar="PATH",
+                        help="pair directories (with config.json), experiment folders, or "
+                             "eval_<task>.json files of `meta-opt eval-lopt`")
     parser.add_argument("--out", default=None,
-                        help="folder for the PNGs (default: <first RUN_DIR>/plots)")
+                        help="folder for the PNGs (default: <first PATH>/plots, or the "
+                             "json file's folder/plots)")
 
 
-def main(args) -> int:
-    from meta_opt.experiments.plots import plot_runs
+def main(args: argparse.Namespace) -> int:
+    """Writes the plots and prints their paths; 2 when a PATH holds nothing to plot."""
+    from meta_opt.experiments.plots import plot_eval_lopt, plot_runs
 
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "plots"
+    paths = [Path(p) for p in args.run_dirs]
+    eval_files = [p for p in paths if p.suffix == ".json"]
+    run_paths = [p for p in paths if p.suffix != ".json"]
+    first = paths[0].parent if paths[0].suffix == ".json" else paths[0]
+    out = Path(args.out) if args.out else first / "plots"
     try:
-        written = plot_runs(args.run_dirs, out)
-    except FileNotFoundError as e:
+        written = [plot_eval_lopt(p, out) for p in eval_files]
+        if run_paths:
+            written += plot_runs(run_paths, out)
+    except (FileNotFoundError, ValueError) as e:
         print(f"plot: {e}", file=sys.stderr)
         return 2
     for path in written:

@@ -31,8 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "OptimizerConfig) pairs; omit for the built-in default comparison")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
-                        help="override a field of every pair: experiment.FIELD=V or "
-                             "optimizer.FIELD=V (V parsed as JSON, else a string); repeatable")
+                        help="override a field: experiment.FIELD=V (every pair), "
+                             "optimizer.FIELD=V (every pair whose optimizer has FIELD), "
+                             "NAME.FIELD=V (pairs using optimizer NAME, e.g. MetaOpt.H=3) or "
+                             "pairN.FIELD=V (pair N's optimizer); V parsed as JSON, else a "
+                             "string; repeatable")
     parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="run N pairs at once, each in its own process")
@@ -295,8 +298,7 @@ def main(args) -> int:
         pairs = load_pairs(args)
         indices = _selected(args, len(pairs))
         # Overrides apply to the selected pairs (indices, hence run directories, are kept).
-        for i in indices:
-            pairs[i] = apply_overrides([pairs[i]], args.overrides)[0]
+        pairs = apply_overrides(pairs, args.overrides, only=indices)
         if args.list:
             from meta_opt.experiments.sweep import describe
 

@@ -304,7 +304,9 @@ class ProdigyConfig(OptimizerConfig):
 
     `beta3=None` means sqrt(b2), as in the paper. Built on
     `meta_opt.optimizers.dadaptation.prodigy`: optax's, except that the distance estimate
-    stays finite on all-zero gradients (0/0) and on overflow.
+    stays finite on all-zero gradients (0/0) and on overflow; a schedule starting at 0
+    (warmup), which makes optax's first update 0/0 = NaN, therefore works too. With warmup
+    the paper advises `safeguard_warmup=True`.
 
     References:
       Mishchenko & Defazio, `Prodigy: An Expeditiously Adaptive Parameter-Free Learner
@@ -327,17 +329,6 @@ class ProdigyConfig(OptimizerConfig):
         self.check_positive("learning_rate", "eps", "estim_lr0", "estim_lr_coef", "grad_clip")
         self.check_nonnegative("weight_decay")
         self.check_in_unit_interval("b1", "b2", "beta3")
-        lr = self.learning_rate
-        if isinstance(lr, ScheduleConfig) and not self.safeguard_warmup:
-            # optax.contrib.prodigy divides by sum |grad_sum|, which is 0 after a step taken
-            # at learning rate 0: the first update would be NaN.
-            lr0 = float(lr.make_jax()(0))
-            if lr0 == 0:
-                raise ConfigError(
-                    f"ProdigyConfig.learning_rate is a schedule starting at 0 ({lr!r}), which "
-                    f"makes Prodigy's first update 0/0 = NaN; set safeguard_warmup=True (the "
-                    f"paper's advice with warmup) or start the schedule above 0"
-                )
 
     def make_jax(self) -> optax.GradientTransformationExtraArgs:
         tx = dadaptation.prodigy(

@@ -268,6 +268,7 @@ class ScheduleConfig(Config):
     _registry: ClassVar[dict[str, type[Config]]] = {}
 
     def make_jax(self) -> optax.Schedule:
+        """The optax schedule: a function from the step count to the value."""
         raise NotImplementedError(f"{type(self).__name__} must implement make_jax")
 
 
@@ -287,6 +288,7 @@ class OptimizerConfig(Config):
     requires_cost_fn: ClassVar[bool] = False
 
     def make_jax(self) -> optax.GradientTransformation:
+        """The optax transformation these hyperparameters describe (built anew each call)."""
         raise NotImplementedError(f"{type(self).__name__} must implement make_jax")
 
 

@@ -15,6 +15,18 @@ that ratio unguarded, which turns into NaN in two situations we hit in practice:
   square, overflows float32 after ~150 steps, giving estim_lr = inf and then inf/inf =
   NaN (D-Adaptation AdamW on Schwefel in `meta-opt bench synthetic`).
 
+Upstream: `optax.contrib.dadapt_adamw` and `optax.contrib.prodigy` were ported from the
+reference PyTorch implementations (google-deepmind/optax#651). The reference D-Adaptation
+code had the same 0/0 on a step without gradients (facebookresearch/dadaptation#4,
+"ZeroDivisionError: float division by zero", fixed there by facebookresearch/dadaptation#13,
+"Bugfix/call with no grads"); the port computes the ratio unguarded again, and no optax
+issue or fix exists for it (searched google-deepmind/optax's issues, optax 0.2.8). The
+defects are pinned on optax's own versions by
+`test_dadaptation_zero_gradients_keep_the_estimate_where_optax_gives_nan` (both methods,
+all-zero gradients), `test_prodigy_warmup_from_zero_is_nan_in_optax_and_finite_here` (a
+schedule starting at 0) and the Schwefel benchmark test (overflow), all in
+`tests/optimizers/test_baseline_configs.py`.
+
 The variants here are optax's code line for line with one guard: when the step's new
 D-estimation statistics (`grad_sum`, `numerator_weighted`, `estim_lr`) are not all finite,
 they keep their previous values (the Adam moments still advance). Whenever optax's new

@@ -11,6 +11,13 @@ the first steps move x by ~1e-6 * |base update|, which is below float32 resoluti
 is 0, h_t = 0, the wealth never grows, and s stays at s_init forever: training stalls.
 (It works only when the parameters start near 0 or are float64.)
 
+Upstream: no optax issue or pull request reports this (searched google-deepmind/optax's
+issues for mechanize / Mechanic and float32 / stalling); the defect is in
+`optax.contrib.mechanize` as of optax 0.2.8, whose update recomputes
+`delta = (x_ref - params) / s_sum` instead of storing it. It is pinned on optax's own
+version by `test_optax_mechanize_stalls_in_float32_with_default_s_init` (the loss stays
+bit-for-bit unchanged for 200 steps and s stays at s_init).
+
 The fix here keeps Delta_t in the state (the paper's Algorithm 1; one more copy of the
 params) so h_t is exact however small s_t is, and s grows geometrically from s_init until
 the steps are visible. The scale statistics (r, m, v, s) are kept in at least float32 even

@@ -69,9 +69,11 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} must implement update")
 
     def get_params(self, opt_state: OptState) -> Params:
+        """The params held in `opt_state`."""
         return opt_state.params
 
     def get_state(self, opt_state: OptState) -> ModelState:
+        """The model state (e.g. batch-norm statistics) held in `opt_state`."""
         return opt_state.state
 
     def get_params_state(self, opt_state: OptState) -> tuple[Params, ModelState]:
@@ -79,10 +81,12 @@ class Optimizer:
         return self.get_params(opt_state), self.get_state(opt_state)
 
     def set_params(self, opt_state: OptState, params: Params) -> OptState:
+        """`opt_state` holding `params` instead of its own."""
         return opt_state.replace(params=params)
 
     @property
     def name(self) -> str:
+        """A readable name for logs (the class name)."""
         return type(self).__name__
 
 

@@ -12,16 +12,28 @@ from optax import contrib
 
 from meta_opt.experiments.synthetic_bench import run_synthetic_bench
 from meta_opt.optimizers import (
+    AdafactorConfig,
+    AdagradConfig,
+    AdamConfig,
     AdamWConfig,
+    AdEMAMixConfig,
+    ADOPTConfig,
     COCOBConfig,
     ConfigError,
     DAdaptAdamWConfig,
     DoGConfig,
     DoWGConfig,
+    LAMBConfig,
+    LARSConfig,
+    LionConfig,
+    MADGRADConfig,
     MechanicConfig,
+    NAdamConfig,
+    OptaxConfig,
     OptimizerConfig,
     PolyakSGDConfig,
     ProdigyConfig,
+    RMSPropConfig,
     ScheduleFreeAdamWConfig,
     ScheduleFreeSGDConfig,
     SGDConfig,
@@ -93,6 +105,33 @@ def trajectory(tx, steps=3):
             ScheduleFreeAdamWConfig(0.01, b1=0.8, b2=0.99),
             contrib.schedule_free_adamw(0.01, b1=0.8, b2=0.99),
         ),
+        (AdamConfig(0.05, b1=0.8, nesterov=True), optax.adam(0.05, b1=0.8, nesterov=True)),
+        (NAdamConfig(0.05, b2=0.99, eps=1e-6), optax.nadam(0.05, b2=0.99, eps=1e-6)),
+        (LionConfig(0.01, b1=0.8, weight_decay=0.1), optax.lion(0.01, 0.8, weight_decay=0.1)),
+        (LAMBConfig(0.05, weight_decay=0.1), optax.lamb(0.05, weight_decay=0.1)),
+        (
+            LARSConfig(0.5, momentum=0.8, trust_coefficient=0.01),
+            optax.lars(0.5, momentum=0.8, trust_coefficient=0.01),
+        ),
+        (
+            AdafactorConfig(0.05, decay_rate=0.7, momentum=0.9),
+            optax.adafactor(0.05, decay_rate=0.7, momentum=0.9),
+        ),
+        (
+            RMSPropConfig(0.01, centered=True, momentum=0.5),
+            optax.rmsprop(0.01, centered=True, momentum=0.5),
+        ),
+        (
+            AdagradConfig(0.1, initial_accumulator_value=0.5),
+            optax.adagrad(0.1, initial_accumulator_value=0.5),
+        ),
+        (ADOPTConfig(0.01, b2=0.99), contrib.adopt(0.01, b2=0.99)),
+        (AdEMAMixConfig(0.01, alpha=2.0, b3=0.99), contrib.ademamix(0.01, b3=0.99, alpha=2.0)),
+        (MADGRADConfig(0.05, momentum=0.8), contrib.madgrad(0.05, momentum=0.8)),
+        (
+            OptaxConfig(name="adabelief", learning_rate=0.05, kwargs={"b1": 0.8}),
+            optax.adabelief(0.05, b1=0.8),
+        ),
     ],
     ids=lambda x: type(x).__name__ if isinstance(x, OptimizerConfig) else "",
 )
@@ -106,6 +145,8 @@ def test_config_equals_the_optax_optimizer(cfg, reference):
 def test_the_zoo_is_registered_under_its_documented_names():
     zoo = {"SGD", "AdamW", "DoG", "DoWG", "Mechanic", "DAdaptAdamW", "Prodigy", "COCOB"}
     zoo |= {"PolyakSGD", "ScheduleFreeSGD", "ScheduleFreeAdamW", "SGDHD", "AdamHD"}
+    zoo |= {"Adam", "NAdam", "Lion", "LAMB", "LARS", "Adafactor", "RMSProp", "Adagrad"}
+    zoo |= {"Muon", "ADOPT", "AdEMAMix", "Sophia", "MADGRAD", "SAM", "Optax"}
     assert zoo <= set(list_optimizers())
 
 
@@ -147,12 +188,16 @@ def test_nesterov_without_momentum_is_rejected():
         SGDConfig(nesterov=True)
 
 
-def test_prodigy_rejects_a_schedule_starting_at_zero_unless_safeguarded():
+def test_prodigy_warmup_from_zero_is_nan_in_optax_and_finite_here():
+    """A schedule at 0 makes optax's first D estimate 0/0; the fork keeps estim_lr0."""
     warmup = WarmupCosineSchedule(peak_value=1.0, warmup_steps=3, decay_steps=10)
-    with pytest.raises(ConfigError, match="safeguard_warmup=True"):
-        ProdigyConfig(learning_rate=warmup)
-    xs, _ = trajectory(ProdigyConfig(learning_rate=warmup, safeguard_warmup=True).make_jax())
-    assert np.all(np.isfinite(xs))
+    optax_xs, _ = trajectory(optax.with_extra_args_support(contrib.prodigy(warmup.make_jax())))
+    assert np.all(np.isnan(optax_xs))  # the upstream defect, pinned
+    for safeguard in (False, True):
+        xs, state = trajectory(ProdigyConfig(learning_rate=warmup,
+                                             safeguard_warmup=safeguard).make_jax(), steps=10)
+        assert np.all(np.isfinite(xs)) and float(loss(xs[-1])) < float(loss(X0))
+        assert float(state.estim_lr) >= np.float32(1e-6)  # finite, never below estim_lr0
 
 
 @register_optimizer

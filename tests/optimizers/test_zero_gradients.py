@@ -26,9 +26,10 @@ from meta_opt.optimizers import OptimizerConfig, list_optimizers, make_cost_fn
 
 NUM_STEPS = 5
 
-# Schedule-free methods interpolate y = (1 - b1) z + b1 x between equal points, which can
-# round: their params may move by float32 rounding (a few ulp), not exactly 0.
-ROUNDING_ONLY = {"ScheduleFreeSGD", "ScheduleFreeAdamW"}
+# Schedule-free methods interpolate y = (1 - b1) z + b1 x between equal points, and
+# MADGRAD (dual averaging) recomputes z = x_0 - s / v^(1/3) and averages x towards it: both
+# can round, so their params may move by float32 rounding (a few ulp), not exactly 0.
+ROUNDING_ONLY = {"ScheduleFreeSGD", "ScheduleFreeAdamW", "MADGRAD"}
 
 # Params in [0, 1), so sum floor(x) = 0; away from integers, so floor's gradient is 0.
 X0 = {
