@@ -14,10 +14,12 @@ from meta_opt.outer.gradient_learner import (
     AggregatedGradient,
     GradientLearner,
     GradientLearnerState,
+    OuterState,
     SingleMachineGradientLearner,
     SingleMachineState,
     WorkerComputeOut,
     gradient_worker_compute,
+    meta_step_key,
 )
 from meta_opt.outer.meta_train_config import MetaTrainConfig
 from meta_opt.outer.truncated_es import TruncatedES
@@ -48,6 +50,7 @@ __all__ = [
     "MetaTrainCheckpointer",
     "MetaTrainConfig",
     "NeverEndingTruncationSchedule",
+    "OuterState",
     "PESWorkerState",
     "SingleMachineGradientLearner",
     "SingleMachineState",
@@ -61,6 +64,7 @@ __all__ = [
     "WorkerComputeOut",
     "WorkerWeights",
     "gradient_worker_compute",
+    "meta_step_key",
     "multi_task_training_curves",
     "single_task_training_curves",
 ]

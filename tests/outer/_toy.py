@@ -1,7 +1,9 @@
-"""A deterministic, data-free quadratic family shared by the outer tests."""
+"""Deterministic quadratic families shared by the outer tests (data-free and in-jit data)."""
 
+import jax
 import jax.numpy as jnp
 
+from meta_opt.data.datasets import SPLITS
 from meta_opt.tasks.base import Task, TaskFamily
 
 CURVATURES = (1.0, 0.5)
@@ -39,3 +41,36 @@ def unrolled_losses(log_lrs):
         losses.append(0.5 * jnp.sum(h * x**2))
         x = x - jnp.exp(log_lr) * h * x
     return jnp.stack(losses)
+
+
+class BatchMeanTask(Task):
+    """In-jit data whose loss reveals the batch: L = (1 + mean(batch)) * 1/2 sum(h x^2).
+
+    Draws batches with `sample_batch` from `data_arrays` (the jitted-loop data contract),
+    so two meta-steps see the same batches exactly when they get the same key.
+    """
+
+    data_arrays = {s: jnp.arange(1000, dtype=jnp.float32) / 1000 for s in SPLITS}
+
+    def sample_batch(self, data, key):
+        return jax.random.choice(key, data, (8,))
+
+    def init(self, key):
+        del key
+        return jnp.ones((len(CURVATURES),))
+
+    def loss(self, params, key, data):
+        del key
+        return (1.0 + jnp.mean(data)) * 0.5 * jnp.sum(jnp.asarray(CURVATURES) * params**2)
+
+
+class BatchMeanFamily(TaskFamily):
+    """Every sample is the same `BatchMeanTask`."""
+
+    def sample(self, key):
+        del key
+        return jnp.zeros(())
+
+    def task_fn(self, cfg):
+        del cfg
+        return BatchMeanTask()
