@@ -44,13 +44,18 @@ def unrolled_losses(log_lrs):
 
 
 class BatchMeanTask(Task):
-    """In-jit data whose loss reveals the batch: L = (1 + mean(batch)) * 1/2 sum(h x^2).
+    """In-jit data whose loss reveals the batch mean m.
 
-    Draws batches with `sample_batch` from `data_arrays` (the jitted-loop data contract),
-    so two meta-steps see the same batches exactly when they get the same key.
+    With `params_matter`, L = (1 + m) * 1/2 sum(h x^2) from x0 = 1; without, L = m (the
+    gradient is zero, so params never move and the loss is the batch mean alone). Batches
+    come from `sample_batch` on `data_arrays` (the jitted-loop data contract), so two
+    meta-steps see the same batches exactly when they get the same key.
     """
 
     data_arrays = {s: jnp.arange(1000, dtype=jnp.float32) / 1000 for s in SPLITS}
+
+    def __init__(self, params_matter: bool = True):
+        self.params_matter = params_matter
 
     def sample_batch(self, data, key):
         return jax.random.choice(key, data, (8,))
@@ -61,11 +66,18 @@ class BatchMeanTask(Task):
 
     def loss(self, params, key, data):
         del key
-        return (1.0 + jnp.mean(data)) * 0.5 * jnp.sum(jnp.asarray(CURVATURES) * params**2)
+        quadratic = 0.5 * jnp.sum(jnp.asarray(CURVATURES) * params**2)
+        if self.params_matter:
+            return (1.0 + jnp.mean(data)) * quadratic
+        return jnp.mean(data) + 0.0 * quadratic
 
 
 class BatchMeanFamily(TaskFamily):
-    """Every sample is the same `BatchMeanTask`."""
+    """Every sample is the same `BatchMeanTask(params_matter)`."""
+
+    def __init__(self, params_matter: bool = True):
+        super().__init__()
+        self.params_matter = params_matter
 
     def sample(self, key):
         del key
@@ -73,4 +85,8 @@ class BatchMeanFamily(TaskFamily):
 
     def task_fn(self, cfg):
         del cfg
-        return BatchMeanTask()
+        return BatchMeanTask(self.params_matter)
+
+    @property
+    def name(self):
+        return f"BatchMean{'' if self.params_matter else 'Only'}"

@@ -169,15 +169,15 @@ def test_fixed_key_still_gives_each_meta_step_its_own_randomness_in_both_seed_fl
 
 
 def _pes_seed001_loop(state, trainer, key, steps):
-    losses, grads = [], []
+    batch_means, grads = [], []
     for _ in range(steps):
         weights = trainer.gradient_learner.get_state_for_worker(state.gradient_learner_state)
         out = gradient_worker_compute(weights, trainer.gradient_estimators,
                                       state.gradient_estimator_states, key)
         grads.append(np.asarray(jax.flatten_util.ravel_pytree(out.to_put.theta_grads)[0]))
-        state, loss, _ = trainer.update(state, key, with_metrics=False)
-        losses.append(float(loss))
-    return state, losses, np.stack(grads)
+        state, _, metrics = trainer.update(state, key, with_metrics=True)
+        batch_means.append(float(metrics["1_TruncatedPES_BatchMeanOnly/mean_loss"]))
+    return state, batch_means, np.stack(grads)
 
 
 def test_seed001_pes_loop_with_fixed_key_sees_new_batches_and_perturbations_and_replays():
@@ -189,19 +189,23 @@ def test_seed001_pes_loop_with_fixed_key_sees_new_batches_and_perturbations_and_
     from ._toy import BatchMeanFamily
 
     lopt = LearnableAdam(0.05)  # theta has 4 entries
-    est = TruncatedPES(BatchMeanFamily(), lopt, ConstantTruncationSchedule(1000), num_tasks=2,
-                       trunc_length=2, std=0.05)
-    trainer = SingleMachineGradientLearner(lopt, [est], SGD(0.0))
+
+    def grad_est_fn(family):
+        return TruncatedPES(family, lopt, ConstantTruncationSchedule(1000), num_tasks=2,
+                            trunc_length=2, std=0.05)
+
+    ests = [grad_est_fn(BatchMeanFamily()), grad_est_fn(BatchMeanFamily(params_matter=False))]
+    trainer = SingleMachineGradientLearner(lopt, ests, SGD(0.0))
     key = jax.random.PRNGKey(0)
     start = trainer.init(key)
-    end, losses, grads = _pes_seed001_loop(start, trainer, key, 6)
-    # Batches: each meta-loss is a mean over freshly drawn batches, so all six differ.
-    assert len(set(losses)) == 6, losses
+    end, batch_means, grads = _pes_seed001_loop(start, trainer, key, 6)
+    # Batches: the second family's meta-loss is the mean of the step's batches alone.
+    assert len(set(batch_means)) == 6, batch_means
     # Perturbations: with one draw per task repeated, every PES gradient would lie in the
     # span of the 2 tasks' perturbations; fresh draws span all of theta's 4 dimensions.
     assert np.linalg.matrix_rank(grads, tol=1e-6 * np.abs(grads).max()) == 4
-    again, losses2, grads2 = _pes_seed001_loop(start, trainer, key, 6)
-    assert losses2 == losses
+    again, batch_means2, grads2 = _pes_seed001_loop(start, trainer, key, 6)
+    assert batch_means2 == batch_means
     np.testing.assert_array_equal(grads2, grads)
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, end)
-    assert est.trace_count == 1
+    assert [e.trace_count for e in ests] == [1, 1]
