@@ -151,8 +151,9 @@ def test_fixed_key_still_gives_each_meta_step_its_own_randomness_in_both_seed_fl
     state, draws = single.init(key), []
     for _ in range(4):
         weights = single.gradient_learner.get_state_for_worker(state.gradient_learner_state)
-        out = gradient_worker_compute(weights, single.gradient_estimators,
-                                      state.gradient_estimator_states, key)
+        out = gradient_worker_compute(
+            weights, single.gradient_estimators, state.gradient_estimator_states, key
+        )
         draws.append(float(out.to_put.theta_grads["log_lr"]))
         state, _, _ = single.update(state, key)  # the seed's loop: the same key every time
     assert len(set(draws)) == 4, draws
@@ -172,8 +173,9 @@ def _pes_seed001_loop(state, trainer, key, steps):
     batch_means, grads = [], []
     for _ in range(steps):
         weights = trainer.gradient_learner.get_state_for_worker(state.gradient_learner_state)
-        out = gradient_worker_compute(weights, trainer.gradient_estimators,
-                                      state.gradient_estimator_states, key)
+        out = gradient_worker_compute(
+            weights, trainer.gradient_estimators, state.gradient_estimator_states, key
+        )
         grads.append(np.asarray(jax.flatten_util.ravel_pytree(out.to_put.theta_grads)[0]))
         state, _, metrics = trainer.update(state, key, with_metrics=True)
         batch_means.append(float(metrics["1_TruncatedPES_BatchMeanOnly/mean_loss"]))
@@ -191,8 +193,9 @@ def test_seed001_pes_loop_with_fixed_key_sees_new_batches_and_perturbations_and_
     lopt = LearnableAdam(0.05)  # theta has 4 entries
 
     def grad_est_fn(family):
-        return TruncatedPES(family, lopt, ConstantTruncationSchedule(1000), num_tasks=2,
-                            trunc_length=2, std=0.05)
+        return TruncatedPES(
+            family, lopt, ConstantTruncationSchedule(1000), num_tasks=2, trunc_length=2, std=0.05
+        )
 
     ests = [grad_est_fn(BatchMeanFamily()), grad_est_fn(BatchMeanFamily(params_matter=False))]
     trainer = SingleMachineGradientLearner(lopt, ests, SGD(0.0))
