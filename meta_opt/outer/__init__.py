@@ -1,7 +1,7 @@
 """Meta-training: truncation schedules, truncated inner training, gradient estimators
 (FullGrad, FullES, TruncatedES, TruncatedGrad, TruncatedPES) and gradient learners."""
 
-from meta_opt.outer.checkpoint import MetaTrainCheckpointer
+from meta_opt.outer.checkpoint import CheckpointError, MetaTrainCheckpointer
 from meta_opt.outer.eval_training import multi_task_training_curves, single_task_training_curves
 from meta_opt.outer.full_es import FullES
 from meta_opt.outer.full_grad import FullGrad
@@ -39,6 +39,7 @@ from meta_opt.outer.truncation_schedules import (
 
 __all__ = [
     "AggregatedGradient",
+    "CheckpointError",
     "ConstantTruncationSchedule",
     "FullES",
     "FullGrad",
