@@ -119,10 +119,10 @@ def test_sigint_checkpoints_the_step_it_reports_and_resume_stays_exact(
     capsys.readouterr()
     assert cli_main(["meta-train", str(config), "--out", str(out), "--no-plot"]) == 130
     err = capsys.readouterr().err
-    assert "stopped by SIGINT at meta-step 2; its checkpoint is saved" in err
     ckpt = MetaTrainCheckpointer(out / "checkpoints")
     assert ckpt.latest_step() == 2  # checkpoint_every is 3: this save is the stop's
     ckpt.close()
+    assert "stopped by SIGINT at meta-step 2; its checkpoint is saved" in err
     assert json.loads((out / "summary.json").read_text())["checkpoint_step"] == 2
     monkeypatch.setattr(SingleMachineGradientLearner, "update", original)
     assert cli_main(["meta-train", str(config), "--out", str(out), "--no-plot"]) == 0
