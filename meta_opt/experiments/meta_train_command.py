@@ -252,6 +252,17 @@ def _build_estimators(config, lopt) -> list:
     return estimators
 
 
+def _check_wandb() -> None:
+    """Refuses --wandb up front (before any work) when wandb is not installed."""
+    try:
+        import wandb  # noqa: F401, PLC0415
+    except ImportError as err:
+        raise CommandError(
+            "--wandb needs the wandb package, which is not installed; install it with "
+            "`pip install wandb` (WANDB_MODE=offline logs without a network), or drop --wandb"
+        ) from err
+
+
 def _wandb_run(enabled: bool, config, out: Path):
     if not enabled:
         return None
@@ -466,6 +477,8 @@ def main(args: argparse.Namespace) -> int:
             raise CommandError("--workers and --max-staleness need --ray")
         progress = not getattr(args, "no_progress", False)
         wandb = getattr(args, "wandb", False)
+        if wandb:
+            _check_wandb()
         if ray:
             summary = run_ray_meta_training(
                 config,

@@ -246,6 +246,17 @@ def test_user_errors_are_one_or_two_lines_exit_2_and_name_the_value(runs, tmp_pa
     assert not (tmp_path / "fresh").exists()  # every refusal came before anything was written
 
 
+def test_wandb_without_the_package_is_refused_before_any_work(runs, tmp_path, capsys, monkeypatch):
+    import sys
+
+    config, _, _ = runs
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    out = tmp_path / "no_wandb"
+    assert cli_main(["meta-train", str(config), "--out", str(out), "--wandb"]) == 2
+    assert "--wandb needs the wandb package" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_debug_shows_the_traceback(runs):
     from meta_opt.experiments.command_errors import CommandError
 
@@ -274,3 +285,75 @@ def test_eval_lopt_loss_format_keeps_tiny_losses_distinct():
 
     assert (format_loss(9.7e-8), format_loss(7.2e-5)) == ("9.7e-08", "7.2e-05")
     assert (format_loss(0.19141), format_loss(2.3456)) == ("0.1914", "2.346")
+
+
+FAKE_WANDB = '''
+"""Stand-in for wandb (not a dependency): appends every call to $FAKE_WANDB_LOG."""
+import json, os
+
+
+def _log(entry):
+    with open(os.environ["FAKE_WANDB_LOG"], "a") as f:
+        f.write(json.dumps(entry) + "\\n")
+
+
+class _Run:
+    def log(self, data, step):
+        _log({"log": data, "step": step})
+
+    def finish(self):
+        _log({"finish": True})
+
+
+def init(**kwargs):
+    _log({"init": {k: v for k, v in kwargs.items() if k != "config"}})
+    return _Run()
+'''
+
+
+def test_piped_meta_train_prints_progress_lines_and_logs_to_wandb(runs, tmp_path):
+    """A subprocess with stdout to a pipe (not a terminal): plain progress lines with
+    meta-step, meta-loss and ETA; --wandb (with a stand-in module) gets every metrics line."""
+    import subprocess
+    import sys
+
+    config, _, _ = runs
+    (tmp_path / "wandb.py").write_text(FAKE_WANDB)
+    log = tmp_path / "wandb_calls.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), FAKE_WANDB_LOG=str(log), WANDB_MODE="offline")
+    out = tmp_path / "piped"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meta_opt.cli",
+            "meta-train",
+            str(config),
+            "--out",
+            str(out),
+            "--no-plot",
+            "--wandb",
+            "--set",
+            "log_every=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"tiny: meta-steps 1..6 into {out} (the first one compiles)"
+    progress = [ln for ln in lines if ln.startswith("tiny: meta-step ")]
+    assert [ln.split()[2] for ln in progress] == ["1/6", "2/6", "4/6", "6/6"]
+    assert all("meta-loss " in ln and " ETA " in ln for ln in progress)
+    assert progress[-1].endswith("ETA 0s") and "\r" not in proc.stdout  # no bar off a tty
+    assert lines[-1].startswith("meta-trained tiny for 6 steps")
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    assert calls[0]["init"]["name"] == "tiny" and calls[0]["init"]["mode"] == "offline"
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [c for c in calls if "log" in c]
+    assert [c["step"] for c in logged] == [r["step"] for r in records] == [2, 4, 6]
+    assert [c["log"]["meta_loss"] for c in logged] == [r["meta_loss"] for r in records]
+    assert calls[-1] == {"finish": True}
