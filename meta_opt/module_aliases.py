@@ -1,6 +1,6 @@
 """Registers meta_opt modules under learned_optimization's module paths.
 
-Seed code written for learned_optimization ports by replacing the package name alone
+Code written for learned_optimization ports by replacing the package name alone
 (`learned_optimization.outer_trainers.truncation_schedule` ->
 `meta_opt.outer_trainers.truncation_schedule`); docs/learned_optimizers.md has the table.
 An alias is the meta_opt module itself, not a copy, so classes and state are shared.

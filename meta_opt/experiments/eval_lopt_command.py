@@ -80,8 +80,8 @@ def _check_args(args: argparse.Namespace) -> list[float]:
 
 
 def format_loss(value: float) -> str:
-    """A loss with 4 significant digits: 9.7e-08 and 7.2e-05 stay distinct (not 0.0000)."""
-    return f"{value:.4g}"
+    """A loss with 4 significant digits: 9.700e-08 and 7.200e-05 stay distinct (not 0.0000)."""
+    return f"{value:#.4g}"
 
 
 def _restore_theta(run: Path, lopt):

@@ -2,7 +2,7 @@
 
 `from meta_opt.outer_trainers import truncated_pes, truncation_schedule` gives the modules
 `meta_opt.outer.truncated_pes` and `meta_opt.outer.truncation_schedules` themselves, so
-seed code ports by replacing the package name alone.
+learned_optimization code ports by replacing the package name alone.
 """
 
 from meta_opt.module_aliases import alias_submodules

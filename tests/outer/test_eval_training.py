@@ -23,7 +23,7 @@ def _constant_iterator(value):
 
 
 class IteratorTask(Task):
-    """Seed 004's `MyTask` shape: L = sum((x - batch)^2), data only from Python iterators.
+    """The tutorial part 2 `MyTask` shape: L = sum((x - batch)^2), data only from Python iterators.
 
     Every split yields a constant batch (train 1, outer_valid 2, test 3), so the curves
     have closed forms: SGD with lr from x0 = 0 gives x_t = 1 - (1 - 2 lr)^t.

@@ -283,8 +283,8 @@ def test_eval_lopt_user_errors(runs, tmp_path, capsys):
 def test_eval_lopt_loss_format_keeps_tiny_losses_distinct():
     from meta_opt.experiments.eval_lopt_command import format_loss
 
-    assert (format_loss(9.7e-8), format_loss(7.2e-5)) == ("9.7e-08", "7.2e-05")
-    assert (format_loss(0.19141), format_loss(2.3456)) == ("0.1914", "2.346")
+    assert (format_loss(9.7e-8), format_loss(7.2e-5)) == ("9.700e-08", "7.200e-05")
+    assert (format_loss(0.19141), format_loss(0.67)) == ("0.1914", "0.6700")
 
 
 FAKE_WANDB = '''

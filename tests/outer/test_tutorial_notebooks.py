@@ -1,5 +1,5 @@
 # ruff: noqa: B007, B018, B905, E741, F401, F811, I001 - the notebooks' code is kept as written
-"""The seed notebooks' code cells, run as written with only the package name replaced.
+"""The learned_optimization tutorials' code cells, run as written but for the package name.
 
 The learned_optimization tutorials (part 1: tasks, optimizers, meta-gradients; part 2:
 datasets, tasks, task families; part 4: meta-training with `SingleMachineGradientLearner`
@@ -28,7 +28,7 @@ from meta_opt.data import checksums, idx
 
 
 @pytest.fixture
-def seed_environment(monkeypatch, tmp_path):
+def tutorial_environment(monkeypatch, tmp_path):
     """Fashion-MNIST under $META_OPT_DATA (400 train / 100 test images), haiku, Agg."""
     folder = tmp_path / "fashion_mnist"
     folder.mkdir()
@@ -57,7 +57,7 @@ def seed_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_seed002_part1_tasks_optimizers_and_meta_gradients(seed_environment):
+def test_part1_tasks_optimizers_and_meta_gradients(tutorial_environment):
     # --- cell 0
     import numpy as np
     import jax.numpy as jnp
@@ -352,7 +352,7 @@ def test_seed002_part1_tasks_optimizers_and_meta_gradients(seed_environment):
     plt.xlabel("meta-iteration")
 
 
-def test_seed004_part2_datasets_tasks_and_task_families(seed_environment):
+def test_part2_datasets_tasks_and_task_families(tutorial_environment):
     # --- cell 1
     import numpy as np
     import jax.numpy as jnp
@@ -520,7 +520,7 @@ def test_seed004_part2_datasets_tasks_and_task_families(seed_environment):
 
 
 @pytest.mark.slow
-def test_seed001_part4_meta_training_with_gradient_learner(seed_environment):
+def test_part4_meta_training_with_gradient_learner(tutorial_environment):
     # --- cell 0
     import numpy as np
     import jax.numpy as jnp
