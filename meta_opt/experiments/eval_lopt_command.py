@@ -129,13 +129,12 @@ def _main(args: argparse.Namespace) -> int:
     lrs = _check_args(args)
     try:
         task = get_task(args.task, data_dir=config.data_dir)
+        getattr(task, "data_arrays", None)  # data load lazily: load now, to report errors here
     except KeyError as err:  # unknown name: the message lists the known ones
         raise CommandError(f"--task: {short(err.args[0] if err.args else err)}") from err
-    except FileNotFoundError as err:  # includes DataUnavailableError
-        raise CommandError(
-            f"--task {args.task}: {short(err)}\n(`meta-opt data status` lists what is missing)"
-        ) from err
-    except ValueError as err:  # includes ChecksumError and bad task arguments
+    # Missing data (DataUnavailableError), a bad checksum (ChecksumError), bad arguments:
+    # the data layer's message says what is wrong and what to do.
+    except (FileNotFoundError, ValueError) as err:
         raise CommandError(f"--task {args.task}: {short(err)}") from err
     lopt = build_learned_optimizer(config)
     theta, meta = _restore_theta(run, lopt)

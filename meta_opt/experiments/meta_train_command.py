@@ -242,13 +242,15 @@ def _build_estimators(config, lopt) -> list:
     for name in config.task_families:
         try:
             family = build_task_family(name, config.data_dir, config.batch_size)
-        except FileNotFoundError as err:  # includes DataUnavailableError
-            raise CommandError(
-                f"task family {name}: {short(err)}\n(`meta-opt data status` lists what is missing)"
-            ) from err
-        except (ValueError, KeyError) as err:  # includes ChecksumError
+            estimator = build_estimator(config, lopt, family)
+            # Data load lazily; load them now, so that missing data is a message, not a
+            # traceback from inside the first meta-step.
+            getattr(getattr(estimator, "truncated_step", None), "data_mode", None)
+        # Missing data (DataUnavailableError), a bad checksum (ChecksumError), bad sizes:
+        # the data layer's message says what is wrong and what to do.
+        except (FileNotFoundError, ValueError, KeyError) as err:
             raise CommandError(f"task family {name}: {short(err)}") from err
-        estimators.append(build_estimator(config, lopt, family))
+        estimators.append(estimator)
     return estimators
 
 
@@ -498,6 +500,13 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, "debug", False):
             raise
         return report("meta-train", err)
+    except KeyboardInterrupt:  # Ctrl-C while building, before the loop takes over signals
+        print(
+            "meta-opt meta-train: interrupted before the first meta-step; nothing was trained "
+            "and the run directory's checkpoints are unchanged",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
     except RuntimeError as err:  # Ray: a worker died too often, or the learner died
         if getattr(args, "debug", False):
             raise

@@ -2,8 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from meta_opt.data.datasets import SPLITS
+from meta_opt.data.datasets import SPLITS, Datasets
 from meta_opt.tasks.base import Task, TaskFamily
 
 CURVATURES = (1.0, 0.5)
@@ -90,3 +91,31 @@ class BatchMeanFamily(TaskFamily):
     @property
     def name(self):
         return f"BatchMean{'' if self.params_matter else 'Only'}"
+
+
+def _constant_iterator(value):
+    while True:
+        yield np.full((4, 2), value, np.float32)
+
+
+class IteratorTask(Task):
+    """The tutorial part 2 `MyTask` shape: L = sum((x - batch)^2), data only from Python iterators.
+
+    Every split yields a constant batch (train 1, outer_valid 2, test 3), so the curves
+    have closed forms: SGD with lr from x0 = 0 gives x_t = 1 - (1 - 2 lr)^t.
+    """
+
+    def __init__(self):
+        self.datasets = Datasets(
+            train=_constant_iterator(1.0),
+            inner_valid=_constant_iterator(0.0),
+            outer_valid=_constant_iterator(2.0),
+            test=_constant_iterator(3.0),
+        )
+
+    def init(self, key):
+        del key
+        return jnp.zeros((4, 2))
+
+    def loss(self, params, rng, data):
+        return jnp.sum(jnp.square(params - data))

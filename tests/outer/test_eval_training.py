@@ -12,37 +12,9 @@ from meta_opt.outer.eval_training import (
     multi_task_training_curves,
     single_task_training_curves,
 )
-from meta_opt.tasks.base import Task, single_task_to_family
+from meta_opt.tasks.base import single_task_to_family
 
-from ._toy import CURVATURES, ToyQuadratic, unrolled_losses
-
-
-def _constant_iterator(value):
-    while True:
-        yield np.full((4, 2), value, np.float32)
-
-
-class IteratorTask(Task):
-    """The tutorial part 2 `MyTask` shape: L = sum((x - batch)^2), data only from Python iterators.
-
-    Every split yields a constant batch (train 1, outer_valid 2, test 3), so the curves
-    have closed forms: SGD with lr from x0 = 0 gives x_t = 1 - (1 - 2 lr)^t.
-    """
-
-    def __init__(self):
-        self.datasets = Datasets(
-            train=_constant_iterator(1.0),
-            inner_valid=_constant_iterator(0.0),
-            outer_valid=_constant_iterator(2.0),
-            test=_constant_iterator(3.0),
-        )
-
-    def init(self, key):
-        del key
-        return jnp.zeros((4, 2))
-
-    def loss(self, params, rng, data):
-        return jnp.sum(jnp.square(params - data))
+from ._toy import CURVATURES, IteratorTask, ToyQuadratic, unrolled_losses
 
 
 def test_iterator_task_curves_follow_the_closed_form_of_sgd():

@@ -357,3 +357,44 @@ def test_piped_meta_train_prints_progress_lines_and_logs_to_wandb(runs, tmp_path
     assert [c["step"] for c in logged] == [r["step"] for r in records] == [2, 4, 6]
     assert [c["log"]["meta_loss"] for c in logged] == [r["meta_loss"] for r in records]
     assert calls[-1] == {"finish": True}
+
+
+def test_eval_lopt_trains_a_task_whose_data_are_python_iterators(runs, monkeypatch, capsys):
+    from meta_opt.tasks import registry
+
+    from ._toy import IteratorTask
+
+    _, full, _ = runs
+    monkeypatch.setitem(registry._EXACT, "IteratorQuadratic", lambda **kwargs: IteratorTask())
+    args = ["eval-lopt", str(full), "--task", "IteratorQuadratic", "--steps", "4"]
+    assert cli_main(args + ["--eval-every", "2", "--no-plot", "--no-progress"]) == 0
+    result = json.loads((full / "eval_IteratorQuadratic.json").read_text())
+    # x0 = 0 and every train batch is 1: the first loss is 8 * (0 - 1)^2 for any optimizer.
+    assert result["Adam(lr=0.001)"]["train/loss"][0] == pytest.approx(8.0)
+    assert len(result["LearnableAdam@6"]["eval/test/loss"]) == 2
+
+
+def test_missing_data_is_two_lines_naming_the_dataset_and_what_to_do(
+    runs, tmp_path, monkeypatch, capsys
+):
+    import meta_opt.data.cache
+
+    def offline(spec, folder, *args, **kwargs):
+        raise OSError("no network in this test")
+
+    config, full, _ = runs
+    monkeypatch.setattr(meta_opt.data.cache, "download", offline)
+    monkeypatch.setenv("META_OPT_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    family = "task_families=ImageMLPFamily_FashionMnist8_8"
+    assert cli_main(["meta-train", str(config), "--out", str(tmp_path / "r"), "--set", family]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "task family ImageMLPFamily_FashionMnist8_8: dataset 'fashion_mnist': missing files" in err
+    )
+    assert "meta-opt data fetch fashion_mnist" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2, err
+    assert cli_main(["eval-lopt", str(full), "--task", "ImageMLP_FashionMnist8_Relu32"]) == 2
+    err = capsys.readouterr().err
+    assert "--task ImageMLP_FashionMnist8_Relu32: dataset 'fashion_mnist': missing files" in err
+    assert len(err.strip().splitlines()) == 2, err
