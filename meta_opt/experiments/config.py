@@ -75,15 +75,8 @@ class ExperimentConfig(Config):
         if not self.experiment_name or "/" in self.experiment_name:
             self._fail("experiment_name", "a non-empty folder name without '/'")
         self.check_positive(
-            "num_episodes",
-            "num_iters",
-            "batch_size",
-            "eval_batches",
-            "checkpoint_every",
-            "log_every",
-            "keep_checkpoints",
-            "num_batch_devices",
-            "num_opt_devices",
+            "num_episodes", "num_iters", "batch_size", "eval_batches", "checkpoint_every",
+            "log_every", "keep_checkpoints", "num_batch_devices", "num_opt_devices",
         )
         self.check_nonnegative("eval_every", "seed")
         self.check_choice("eval_split", SPLITS)
@@ -134,4 +127,6 @@ def _check_workload(name: str) -> None:
         known = list_tasks()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown workload_name '{name}'{hint}; known tasks: {', '.join(known)}")
+        raise ConfigError(
+            f"unknown workload_name '{name}'{hint}; known tasks: {', '.join(known)}"
+        )

@@ -53,10 +53,8 @@ def make_data_source(task, batch_size: int, eval_split: str, eval_seed: int = 0)
         none = lambda data, key: None
         return DataSource(None, None, none, none, has_data=False)
     if eval_split not in arrays:
-        raise ConfigError(
-            f"eval_split '{eval_split}' not in task '{task.name}' data; "
-            f"available: {', '.join(sorted(arrays))}"
-        )
+        raise ConfigError(f"eval_split '{eval_split}' not in task '{task.name}' data; "
+                          f"available: {', '.join(sorted(arrays))}")
     sample = task.sample_batch
     draw_train = lambda data, key: sample(data, key, batch_size)
     batch_at = getattr(task, "batch_at", None)
@@ -81,13 +79,10 @@ def evaluate_batches(task, params, model_state, data, eval_batch, num_batches: i
     def one(index):
         batch = eval_batch(data, index)
         if evaluate is not None:
-            return {
-                k: jnp.asarray(v, jnp.float32)
-                for k, v in evaluate(params, model_state, batch).items()
-            }
+            return {k: jnp.asarray(v, jnp.float32) for k, v in evaluate(params, model_state,
+                                                                         batch).items()}
         loss, _, aux = task.loss_with_state_and_aux(
-            params, model_state, jax.random.fold_in(key, index), batch
-        )
+            params, model_state, jax.random.fold_in(key, index), batch)
         return {"loss": loss, **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}}
 
     per_batch = jax.lax.map(one, jnp.arange(num_batches))

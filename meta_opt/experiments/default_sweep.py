@@ -27,14 +27,8 @@ EXPERIMENT = dict(
 
 # Settings per DESIGN.md section 5 ("What works"): Adam-scaled disturbances with base
 # learning rate 0, a short history and a small controller learning rate.
-METAOPT = dict(
-    optimizer_name="MetaOpt",
-    base_learning_rate=0.0,
-    H=2,
-    HH=2,
-    scale_by_adam_betas=[0.9, 0.999],
-    weight_decay=1e-4,
-)
+METAOPT = dict(optimizer_name="MetaOpt", base_learning_rate=0.0, H=2, HH=2,
+               scale_by_adam_betas=[0.9, 0.999], weight_decay=1e-4)
 
 OPTIMIZERS = [
     dict(METAOPT, m_method="scalar"),

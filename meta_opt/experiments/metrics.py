@@ -58,13 +58,8 @@ def _jsonable(v: Any) -> Any:
 class MetricsWriter:
     """Appends records to metrics.jsonl, TensorBoard and (if enabled) wandb."""
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        resume_global_step: int | None = None,
-        wandb_run: Any = None,
-        tensorboard: bool = True,
-    ):
+    def __init__(self, run_dir: str | Path, resume_global_step: int | None = None,
+                 wandb_run: Any = None, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         if resume_global_step is None:
@@ -88,11 +83,9 @@ class MetricsWriter:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         step = int(record["global_step"])
-        numeric = {
-            k: v
-            for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("global_step",)
-        }
+        numeric = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k not in ("global_step",)}
         if self._tb is not None:
             for k, v in numeric.items():
                 self._tb.add_scalar(k, v, step)
@@ -115,15 +108,8 @@ def init_wandb(project: str, name: str, config: dict[str, Any], run_dir: str | P
             "`pip install wandb` (set WANDB_MODE=offline to log without a network), "
             "or drop --wandb"
         ) from e
-    return wandb.init(
-        project=project,
-        name=name,
-        config=config,
-        dir=str(run_dir),
-        mode=os.environ.get("WANDB_MODE"),
-        resume="allow",
-        id=_wandb_id(run_dir),
-    )
+    return wandb.init(project=project, name=name, config=config, dir=str(run_dir),
+                      mode=os.environ.get("WANDB_MODE"), resume="allow", id=_wandb_id(run_dir))
 
 
 def _wandb_id(run_dir: str | Path) -> str:

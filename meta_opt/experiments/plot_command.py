@@ -8,15 +8,10 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "run_dirs",
-        nargs="+",
-        metavar="RUN_DIR",
-        help="pair directories (with config.json) or experiment folders",
-    )
-    parser.add_argument(
-        "--out", default=None, help="folder for the PNGs (default: <first RUN_DIR>/plots)"
-    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="pair directories (with config.json) or experiment folders")
+    parser.add_argument("--out", default=None,
+                        help="folder for the PNGs (default: <first RUN_DIR>/plots)")
 
 
 def main(args) -> int:

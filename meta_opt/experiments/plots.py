@@ -31,15 +31,11 @@ def find_pair_dirs(paths: list[str | Path]) -> list[Path]:
         if (p / "config.json").exists():
             out.append(p)
         elif p.is_dir():
-            out += sorted(
-                (c for c in p.iterdir() if (c / "config.json").exists()),
-                key=lambda c: (_index(c.name), c.name),
-            )
+            out += sorted((c for c in p.iterdir() if (c / "config.json").exists()),
+                          key=lambda c: (_index(c.name), c.name))
         else:
-            raise FileNotFoundError(
-                f"'{p}' is neither a run directory (with config.json) nor "
-                f"a folder of run directories"
-            )
+            raise FileNotFoundError(f"'{p}' is neither a run directory (with config.json) nor "
+                                    f"a folder of run directories")
     return out
 
 
@@ -55,12 +51,8 @@ def _load(pair_dir: Path) -> dict[str, Any]:
     if summary.exists():
         settings = json.loads(summary.read_text()).get("settings")
         label = f"{label} ({settings[:40]})" if settings else label
-    return {
-        "name": f"{pair_dir.parent.name}/{pair_dir.name}",
-        "label": label,
-        "config": config,
-        "records": read_jsonl(pair_dir / "metrics.jsonl"),
-    }
+    return {"name": f"{pair_dir.parent.name}/{pair_dir.name}", "label": label,
+            "config": config, "records": read_jsonl(pair_dir / "metrics.jsonl")}
 
 
 def _series(records, key):
@@ -100,9 +92,8 @@ def plot_runs(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
         all_values += y
     _episode_marks(ax, runs)
     _log_if_positive(ax, all_values)
-    ax.set(
-        xlabel="global step (dashed: episode starts)", ylabel="training loss", title="Training loss"
-    )
+    ax.set(xlabel="global step (dashed: episode starts)", ylabel="training loss",
+           title="Training loss")
     ax.legend(fontsize=8)
     written.append(_save(fig, out_dir / "loss.png"))
 
@@ -117,11 +108,8 @@ def plot_runs(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
         all_values += list(finals.values())
     _log_if_positive(ax, all_values)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(
-        xlabel="episode (from 0, as in metrics.jsonl)",
-        ylabel="training loss at episode end",
-        title="Final loss per episode",
-    )
+    ax.set(xlabel="episode (from 0, as in metrics.jsonl)", ylabel="training loss at episode end",
+           title="Final loss per episode")
     ax.legend(fontsize=8, loc="best")
     written.append(_save(fig, out_dir / "final_loss_per_episode.png"))
 
@@ -140,10 +128,8 @@ def plot_runs(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
     if metaopt:
         fig, axes = plt.subplots(len(metaopt), 1, figsize=(8, 3.2 * len(metaopt)), squeeze=False)
         for ax, r in zip(axes[:, 0], metaopt, strict=True):
-            keys = sorted(
-                (k for k in r["records"][-1] if k.startswith("M_")),
-                key=lambda k: int(k[2:]) if k[2:].isdigit() else 0,
-            )
+            keys = sorted((k for k in r["records"][-1] if k.startswith("M_")),
+                          key=lambda k: int(k[2:]) if k[2:].isdigit() else 0)
             for k in keys:
                 x, y = _series(r["records"], k)
                 ax.plot(x, y, label=k)

@@ -26,57 +26,29 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "config",
-        nargs="?",
-        default=None,
-        help="Python file whose get_config() returns (ExperimentConfig, "
-        "OptimizerConfig) pairs; omit for the built-in default comparison",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of every pair: experiment.FIELD=V or "
-        "optimizer.FIELD=V (V parsed as JSON, else a string); repeatable",
-    )
+    parser.add_argument("config", nargs="?", default=None,
+                        help="Python file whose get_config() returns (ExperimentConfig, "
+                             "OptimizerConfig) pairs; omit for the built-in default comparison")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a field of every pair: experiment.FIELD=V or "
+                             "optimizer.FIELD=V (V parsed as JSON, else a string); repeatable")
     parser.add_argument("--out", default="runs", help="output folder (default: runs/)")
-    parser.add_argument(
-        "--parallel",
-        type=int,
-        default=1,
-        metavar="N",
-        help="run N pairs at once, each in its own process",
-    )
-    parser.add_argument(
-        "--only",
-        default=None,
-        metavar="I[,J...]",
-        help="run only these pair indices (comma separated)",
-    )
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="delete existing run directories of these pairs and start over",
-    )
-    parser.add_argument(
-        "--wandb",
-        action="store_true",
-        help="also log to Weights & Biases (honours WANDB_MODE=offline)",
-    )
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="run N pairs at once, each in its own process")
+    parser.add_argument("--only", default=None, metavar="I[,J...]",
+                        help="run only these pair indices (comma separated)")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete existing run directories of these pairs and start over")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log to Weights & Biases (honours WANDB_MODE=offline)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-plots", action="store_true", help="skip writing plots at the end")
-    parser.add_argument(
-        "--list", action="store_true", help="print the pairs of the sweep (after --set) and exit"
-    )
-    parser.add_argument(
-        "--ray",
-        action="store_true",
-        help="run each pair as a Ray task (cluster from RAY_ADDRESS, else a "
-        "local one); needs a shared filesystem and the same environment",
-    )
+    parser.add_argument("--list", action="store_true",
+                        help="print the pairs of the sweep (after --set) and exit")
+    parser.add_argument("--ray", action="store_true",
+                        help="run each pair as a Ray task (cluster from RAY_ADDRESS, else a "
+                             "local one); needs a shared filesystem and the same environment")
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
@@ -99,11 +71,8 @@ class _StopFlag:
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signum)
-        print(
-            f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of "
-            f"the current chunk (Ctrl-C again to abort without saving)",
-            file=sys.stderr,
-        )
+        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of "
+              f"the current chunk (Ctrl-C again to abort without saving)", file=sys.stderr)
 
 
 def load_pairs(args) -> list:
@@ -126,9 +95,8 @@ def _selected(args, n: int) -> list[int]:
         raise ConfigError(f"--only expects comma-separated pair indices, got {args.only!r}") from e
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
-        raise ConfigError(
-            f"--only: pair indices {bad} out of range; the sweep has {n} pairs (0..{n - 1})"
-        )
+        raise ConfigError(f"--only: pair indices {bad} out of range; the sweep has {n} pairs "
+                          f"(0..{n - 1})")
     return chosen
 
 
@@ -153,10 +121,8 @@ def precheck(pairs) -> None:
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 (loader errors carry the how-to-fix message)
-            raise ConfigError(
-                f"cannot load the data of workload '{exp_cfg.workload_name}' "
-                f"(data_dir={exp_cfg.data_dir!r}): {e}"
-            ) from e
+            raise ConfigError(f"cannot load the data of workload '{exp_cfg.workload_name}' "
+                              f"(data_dir={exp_cfg.data_dir!r}): {e}") from e
 
 
 def _check_wandb() -> None:
@@ -207,16 +173,8 @@ def _child_command(args, index: int, position: int) -> list[str]:
         cmd.append(args.config)
     for item in args.overrides:
         cmd += ["--set", item]
-    cmd += [
-        "--out",
-        args.out,
-        "--only",
-        str(index),
-        "--child",
-        "--no-plots",
-        "--position",
-        str(position),
-    ]
+    cmd += ["--out", args.out, "--only", str(index), "--child", "--no-plots",
+            "--position", str(position)]
     for flag in ("restart", "wandb", "no_progress"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
@@ -236,9 +194,8 @@ def _run_parallel(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
             slots[index] = free.pop(0)
             # Own session: a terminal Ctrl-C reaches the children once, forwarded by
             # the handler above (twice would abort them without a checkpoint).
-            proc = subprocess.Popen(
-                _child_command(args, index, slots[index]), start_new_session=True
-            )
+            proc = subprocess.Popen(_child_command(args, index, slots[index]),
+                                    start_new_session=True)
             running[index] = proc
             stop.children.append(proc)
         if stop() and not running:
@@ -271,9 +228,8 @@ def _run_ray(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
     """
     import ray
 
-    ray.init(
-        address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, include_dashboard=False
-    )
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
+             include_dashboard=False)
     child_args = argparse.Namespace(**vars(args))
     child_args.out = str(Path(args.out).absolute())
     if args.config:
@@ -311,25 +267,16 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
     lines = [header]
     for name, s in rows:
-        lines.append(
-            (
-                name,
-                s.get("settings", "")[:48],
-                fmt(s.get("first_episode_final_loss"), ".4g"),
-                fmt(s.get("last_episode_final_loss"), ".4g"),
-                fmt(s.get("best_eval_accuracy"), ".4f"),
-                fmt(s.get("steps_per_sec"), ".0f"),
-            )
-        )
+        lines.append((name, s.get("settings", "")[:48],
+                      fmt(s.get("first_episode_final_loss"), ".4g"),
+                      fmt(s.get("last_episode_final_loss"), ".4g"),
+                      fmt(s.get("best_eval_accuracy"), ".4f"),
+                      fmt(s.get("steps_per_sec"), ".0f")))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for j, line in enumerate(lines):
-        out.append(
-            "  ".join(
-                str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                for i, (c, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
+        out.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(line, widths, strict=True))))
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -376,20 +323,15 @@ def main(args) -> int:
     if stop():
         if args.child:  # the parent prints the resume command of the whole sweep
             return SIGNAL_EXIT[stop.signum]
-        print(
-            f"\nstopped by {signal.Signals(stop.signum).name}; progress is checkpointed. "
-            f"Resume with:\n  {resume_command(args)}",
-            file=sys.stderr,
-        )
+        print(f"\nstopped by {signal.Signals(stop.signum).name}; progress is checkpointed. "
+              f"Resume with:\n  {resume_command(args)}", file=sys.stderr)
         return SIGNAL_EXIT[stop.signum]
     if not args.child:
         _report(args, pairs, indices)
     if failed:
-        print(
-            f"\n{len(failed)} pair(s) failed: {sorted(failed)}; see the errors above. "
-            f"Fix and run the same command again: completed pairs are skipped.",
-            file=sys.stderr,
-        )
+        print(f"\n{len(failed)} pair(s) failed: {sorted(failed)}; see the errors above. "
+              f"Fix and run the same command again: completed pairs are skipped.",
+              file=sys.stderr)
         return max(failed.values())
     return 0
 
@@ -413,17 +355,10 @@ def _run(args, pairs, indices, stop: _StopFlag) -> dict[int, int]:
         exp_cfg, opt_cfg = pairs[index]
         run_dir = run_dir_of(args.out, index, exp_cfg, opt_cfg)
         try:
-            run_pair(
-                exp_cfg,
-                opt_cfg,
-                run_dir,
-                label=run_dir.name,
-                progress=not args.no_progress and _tty_or_forced(),
-                position=args.position,
-                wandb=args.wandb,
-                restart=args.restart,
-                should_stop=stop,
-            )
+            run_pair(exp_cfg, opt_cfg, run_dir, label=run_dir.name,
+                     progress=not args.no_progress and _tty_or_forced(),
+                     position=args.position, wandb=args.wandb, restart=args.restart,
+                     should_stop=stop)
         except Interrupted:
             break
         except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
@@ -431,7 +366,8 @@ def _run(args, pairs, indices, stop: _StopFlag) -> dict[int, int]:
             failed[index] = EXIT_CONFIG
         except Exception:  # noqa: BLE001 (report, keep running the other pairs)
             traceback.print_exc()
-            print(f"pair {index} ({run_dir}) failed; continuing with the others", file=sys.stderr)
+            print(f"pair {index} ({run_dir}) failed; continuing with the others",
+                  file=sys.stderr)
             failed[index] = EXIT_FAILED
         if stop():
             break
@@ -464,8 +400,7 @@ def _report(args, pairs, indices) -> None:
         try:
             written = plot_runs([exp_dir], exp_dir / "plots")
         except Exception as e:  # noqa: BLE001 (plots are a convenience; results are saved)
-            print(
-                f"\nplotting {exp_dir} failed ({e}); try: meta-opt plot {exp_dir}", file=sys.stderr
-            )
+            print(f"\nplotting {exp_dir} failed ({e}); try: meta-opt plot {exp_dir}",
+                  file=sys.stderr)
             continue
         print(f"\nplots: {exp_dir / 'plots'}/ ({', '.join(p.name for p in written)})")

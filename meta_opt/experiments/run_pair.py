@@ -41,13 +41,8 @@ def _scalar(x) -> float:
     return float(np.asarray(x))
 
 
-def chunk_record(
-    exp_cfg: ExperimentConfig,
-    episode: int,
-    step: int,
-    metrics: dict[str, np.ndarray],
-    seconds: float,
-) -> dict[str, Any]:
+def chunk_record(exp_cfg: ExperimentConfig, episode: int, step: int,
+                 metrics: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
     """One metrics line from a chunk's stacked per-step metrics (values of its last step)."""
     record: dict[str, Any] = {
         "episode": episode,
@@ -61,9 +56,8 @@ def chunk_record(
     return record
 
 
-def summarize(
-    exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig, records: list[dict[str, Any]]
-) -> dict[str, Any]:
+def summarize(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig,
+              records: list[dict[str, Any]]) -> dict[str, Any]:
     """summary.json: per-episode final metrics, best eval accuracy, throughput."""
     episodes = []
     for e in range(exp_cfg.num_episodes):
@@ -71,13 +65,8 @@ def summarize(
         if not rows:
             continue
         last = rows[-1]
-        episodes.append(
-            {
-                k: v
-                for k, v in last.items()
-                if k == "episode" or k.startswith(("train_loss", "eval_"))
-            }
-        )
+        episodes.append({k: v for k, v in last.items()
+                         if k == "episode" or k.startswith(("train_loss", "eval_"))})
     accs = [r["eval_accuracy"] for r in records if isinstance(r.get("eval_accuracy"), float)]
     # Median seconds per step (compilation happens before the first chunk is timed).
     times = [r["step_time"] for r in records if r.get("step_time")]
@@ -137,22 +126,12 @@ def run_pair(
         status = rd.prepare(pair_to_dict(exp_cfg, opt_cfg), restart=restart)
         if status == "complete":
             return rd.read_summary()
-        return _train(
-            exp_cfg,
-            opt_cfg,
-            rd,
-            label=label,
-            progress=progress,
-            position=position,
-            wandb=wandb,
-            should_stop=should_stop,
-            trainer=trainer,
-        )
+        return _train(exp_cfg, opt_cfg, rd, label=label, progress=progress, position=position,
+                      wandb=wandb, should_stop=should_stop, trainer=trainer)
 
 
-def _train(
-    exp_cfg, opt_cfg, rd: RunDir, *, label, progress, position, wandb, should_stop, trainer
-) -> dict[str, Any]:
+def _train(exp_cfg, opt_cfg, rd: RunDir, *, label, progress, position, wandb, should_stop,
+           trainer) -> dict[str, Any]:
     """The loop of `run_pair` (the run directory is prepared and locked)."""
     trainer = Trainer(exp_cfg, opt_cfg) if trainer is None else trainer
     n_iters, n_eps = exp_cfg.num_iters, exp_cfg.num_episodes
@@ -164,22 +143,15 @@ def _train(
     compile_seconds = trainer.compile(state)
     wandb_run = None
     if wandb:
-        wandb_run = init_wandb(
-            exp_cfg.experiment_name, rd.path.name, pair_to_dict(exp_cfg, opt_cfg), rd.path
-        )
+        wandb_run = init_wandb(exp_cfg.experiment_name, rd.path.name,
+                               pair_to_dict(exp_cfg, opt_cfg), rd.path)
     writer = MetricsWriter(rd.path, resume_global_step=resume_step, wandb_run=wandb_run)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=exp_cfg.total_steps,
-            initial=resume_step or 0,
-            desc=label or rd.path.name,
-            position=position,
-            leave=True,
-            dynamic_ncols=True,
-        )
+        bar = tqdm(total=exp_cfg.total_steps, initial=resume_step or 0, desc=label or rd.path.name,
+                   position=position, leave=True, dynamic_ncols=True)
     try:
         while True:
             episode, step = int(state.episode), int(state.step)
@@ -196,9 +168,8 @@ def _train(
             record = chunk_record(exp_cfg, episode, step, metrics, seconds)
             end_of_episode = step == n_iters
             if end_of_episode or (exp_cfg.eval_every and step % exp_cfg.eval_every == 0):
-                record.update(
-                    {k: _scalar(v) for k, v in jax.device_get(trainer.run_eval(state)).items()}
-                )
+                record.update({k: _scalar(v) for k, v in
+                               jax.device_get(trainer.run_eval(state)).items()})
             writer.write(record)
             gstep = record["global_step"]
             saved = False
@@ -209,17 +180,13 @@ def _train(
                 _save_controller(rd, state)
             if bar is not None:
                 bar.update(exp_cfg.log_every)
-                bar.set_postfix(
-                    ep=f"{episode + 1}/{n_eps}",
-                    step=step,
-                    loss=f"{record['train_loss']:.4g}",
-                    sps=f"{1.0 / max(record['step_time'], 1e-9):.0f}",
-                )
+                bar.set_postfix(ep=f"{episode + 1}/{n_eps}", step=step,
+                                loss=f"{record['train_loss']:.4g}",
+                                sps=f"{1.0 / max(record['step_time'], 1e-9):.0f}")
             if should_stop():
                 if not saved:
-                    ckpt.save(
-                        gstep, state, {"episode": episode, "step": step, "global_step": gstep}
-                    )
+                    ckpt.save(gstep, state, {"episode": episode, "step": step,
+                                             "global_step": gstep})
                 raise Interrupted(rd.path, gstep)
     finally:
         writer.close()

@@ -26,10 +26,8 @@ def load_sweep(path: str | Path) -> list[Pair]:
     """Imports the config file at `path` and returns its `get_config()` pairs (checked)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f"config file '{path}' does not exist; pass a path to a .py file "
-            f"defining get_config() (examples in configs/)"
-        )
+        raise ConfigError(f"config file '{path}' does not exist; pass a path to a .py file "
+                          f"defining get_config() (examples in configs/)")
     module_name = f"_meta_opt_sweep_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -39,10 +37,8 @@ def load_sweep(path: str | Path) -> list[Pair]:
     spec.loader.exec_module(module)
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
-        raise ConfigError(
-            f"config file '{path}' must define get_config() returning a list of "
-            f"(ExperimentConfig, OptimizerConfig) pairs"
-        )
+        raise ConfigError(f"config file '{path}' must define get_config() returning a list of "
+                          f"(ExperimentConfig, OptimizerConfig) pairs")
     return check_pairs(get_config(), where=str(path))
 
 
@@ -51,23 +47,16 @@ def check_pairs(pairs: Any, where: str = "get_config()") -> list[Pair]:
     if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], ExperimentConfig):
         pairs = [pairs]
     if not isinstance(pairs, (list, tuple)) or not pairs:
-        raise ConfigError(
-            f"{where} must return a non-empty list of (ExperimentConfig, "
-            f"OptimizerConfig) pairs, got {type(pairs).__name__}"
-        )
+        raise ConfigError(f"{where} must return a non-empty list of (ExperimentConfig, "
+                          f"OptimizerConfig) pairs, got {type(pairs).__name__}")
     out = []
     for i, pair in enumerate(pairs):
-        ok = (
-            isinstance(pair, (list, tuple))
-            and len(pair) == 2
-            and isinstance(pair[0], ExperimentConfig)
-            and isinstance(pair[1], OptimizerConfig)
-        )
+        ok = (isinstance(pair, (list, tuple)) and len(pair) == 2
+              and isinstance(pair[0], ExperimentConfig)
+              and isinstance(pair[1], OptimizerConfig))
         if not ok:
-            raise ConfigError(
-                f"{where}: entry {i} must be an (ExperimentConfig, "
-                f"OptimizerConfig) pair, got {pair!r}"
-            )
+            raise ConfigError(f"{where}: entry {i} must be an (ExperimentConfig, "
+                              f"OptimizerConfig) pair, got {pair!r}")
         out.append((pair[0], pair[1]))
     return out
 
@@ -80,9 +69,8 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         key, sep, value = item.partition("=")
         section, dot, field = key.strip().partition(".")
         if not sep or not dot or not field or section not in ("experiment", "optimizer"):
-            raise ConfigError(
-                f"--set expects experiment.FIELD=VALUE or optimizer.FIELD=VALUE, got {item!r}"
-            )
+            raise ConfigError(f"--set expects experiment.FIELD=VALUE or optimizer.FIELD=VALUE, "
+                              f"got {item!r}")
         (experiment if section == "experiment" else optimizer)[field] = parse_value(value)
     return experiment, optimizer
 

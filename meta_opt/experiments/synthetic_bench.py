@@ -296,7 +296,9 @@ def format_table(result: BenchResult) -> str:
     )
     lines = [header, "-" * len(header)]
     for i, fn in enumerate(result.functions):
-        cells = "".join("  " + f"{medians[i, j]:.3g}".rjust(w) for j, w in enumerate(col_w))
+        cells = "".join(
+            "  " + f"{medians[i, j]:.3g}".rjust(w) for j, w in enumerate(col_w)
+        )
         lines.append(fn.label.ljust(row_w) + cells)
     return "\n".join(lines)
 

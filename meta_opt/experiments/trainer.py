@@ -129,9 +129,8 @@ class Trainer:
         self.opt_cfg = opt_cfg
         self.mesh = make_run_mesh(exp_cfg)
         self.task = load_task(exp_cfg) if task is None else task
-        self.data: DataSource = make_data_source(
-            self.task, exp_cfg.batch_size, exp_cfg.eval_split, exp_cfg.seed
-        )
+        self.data: DataSource = make_data_source(self.task, exp_cfg.batch_size,
+                                                 exp_cfg.eval_split, exp_cfg.seed)
         self._loss_fn = _TaskLoss(self.task)
         self.rng = jax.random.PRNGKey(exp_cfg.seed)
         self.train_data = self._replicate(self.data.train_data)
@@ -174,8 +173,7 @@ class Trainer:
 
     def _batch_for(self, data, rng, episode, step):
         key = jax.random.fold_in(
-            jax.random.fold_in(self._episode_key(rng, episode), _TRAIN_BATCH), step
-        )
+            jax.random.fold_in(self._episode_key(rng, episode), _TRAIN_BATCH), step)
         return self.data.draw_train(data, key)
 
     def train_batch(self, state: TrainState, data=None, fixed_batch=None):
@@ -199,38 +197,31 @@ class Trainer:
         params, model_state = self.task.init_with_state(self.episode_init_key(rng, episode))
         if self.mesh is not None:  # params (and model state) live replicated on the mesh
             params, model_state = jax.lax.with_sharding_constraint(
-                (params, model_state), replicated_sharding(self.mesh)
-            )
+                (params, model_state), replicated_sharding(self.mesh))
         return params, model_state
 
     def _init(self) -> TrainState:
         episode = jnp.zeros((), jnp.int32)
         params, model_state = self._init_params(self.rng, episode)
-        return TrainState(
-            params, model_state, self.tx.init(params), self.rng, episode, jnp.zeros((), jnp.int32)
-        )
+        return TrainState(params, model_state, self.tx.init(params), self.rng, episode,
+                          jnp.zeros((), jnp.int32))
 
     def _next_episode(self, state: TrainState) -> TrainState:
         episode = state.episode + 1
         params, model_state = self._init_params(state.rng, episode)
         if not self.exp_cfg.reset_opt_state:
-            return TrainState(
-                params, model_state, state.opt_state, state.rng, episode, jnp.zeros((), jnp.int32)
-            )
+            return TrainState(params, model_state, state.opt_state, state.rng, episode,
+                              jnp.zeros((), jnp.int32))
         opt_state = self.tx.init(params)
         old = find_metaopt_state(state.opt_state)
         if old is not None:
             # Keep the controller (M and its optimizer state); fresh histories for the new
             # params. Other entries of a chained state are freshly initialised above.
             carried = reset_for_new_episode(old, params)
-            opt_state = jax.tree.map(
-                lambda x: carried if _is_metaopt_state(x) else x,
-                opt_state,
-                is_leaf=_is_metaopt_state,
-            )
-        return TrainState(
-            params, model_state, opt_state, state.rng, episode, jnp.zeros((), jnp.int32)
-        )
+            opt_state = jax.tree.map(lambda x: carried if _is_metaopt_state(x) else x,
+                                     opt_state, is_leaf=_is_metaopt_state)
+        return TrainState(params, model_state, opt_state, state.rng, episode,
+                          jnp.zeros((), jnp.int32))
 
     def _constrain_batch(self, batch):
         if self.mesh is None or batch is None:
@@ -240,29 +231,26 @@ class Trainer:
     def _step(self, state: TrainState, data, fixed_batch):
         batch = self._constrain_batch(self.train_batch(state, data, fixed_batch))
         key = jax.random.fold_in(
-            jax.random.fold_in(self._episode_key(state.rng, state.episode), _LOSS), state.step
-        )
+            jax.random.fold_in(self._episode_key(state.rng, state.episode), _LOSS), state.step)
 
         def loss_fn(params):
             loss, model_state, aux = self.task.loss_with_state_and_aux(
-                params, state.model_state, key, batch
-            )
+                params, state.model_state, key, batch)
             return loss, (model_state, aux)
 
-        (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params)
         # Every optimizer gets the loss and the cost function; those that do not use them
         # ignore them (optax.with_extra_args_support).
         cost_fn = make_cost_fn(self._loss_fn, state.model_state, key, batch)
-        updates, opt_state = self.tx.update(
-            grads, state.opt_state, state.params, value=loss, cost_fn=cost_fn
-        )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, value=loss,
+                                            cost_fn=cost_fn)
         params = optax.apply_updates(state.params, updates)
         metrics = {"train_loss": loss}
         metrics.update({f"train_{k}": jnp.asarray(v, jnp.float32) for k, v in aux.items()})
         metrics.update(self._optimizer_metrics(opt_state))
-        new_state = state.replace(
-            params=params, model_state=model_state, opt_state=opt_state, step=state.step + 1
-        )
+        new_state = state.replace(params=params, model_state=model_state, opt_state=opt_state,
+                                  step=state.step + 1)
         return new_state, metrics
 
     @staticmethod
@@ -280,18 +268,10 @@ class Trainer:
 
     def _evaluate(self, state: TrainState, data):
         key = jax.random.fold_in(
-            jax.random.fold_in(self._episode_key(state.rng, state.episode), _EVAL), state.step
-        )
+            jax.random.fold_in(self._episode_key(state.rng, state.episode), _EVAL), state.step)
         params = eval_params(state.opt_state, state.params)
-        out = evaluate_batches(
-            self.task,
-            params,
-            state.model_state,
-            data,
-            self.data.eval_batch,
-            self.exp_cfg.eval_batches,
-            key,
-        )
+        out = evaluate_batches(self.task, params, state.model_state, data,
+                               self.data.eval_batch, self.exp_cfg.eval_batches, key)
         return {f"eval_{k}": v for k, v in out.items()}
 
     # --- convenience -------------------------------------------------------------------
