@@ -3,10 +3,13 @@
 with two TruncatedPES estimators by `SingleMachineGradientLearner`, then the manual
 central-learner / worker loop (`GradientLearner` + `gradient_worker_compute`).
 
-The code is the tutorial's, with only the import lines changed (meta_opt's module paths;
-the 8x8 digits MLP stands in for Fashion-MNIST so it runs offline) and `jax.tree_map`,
-removed from recent JAX, spelled `jax.tree_util.tree_map`. `LOPT_META_TRAIN_LENGTH`
-sets the number of meta-steps (default 500, as in the seed).
+The code is the tutorial's with the package name replaced in its imports (meta_opt gives
+each learned_optimization module path a same-named home, docs/learned_optimizers.md),
+`jax.tree_map`, removed from recent JAX, spelled `jax.tree_util.tree_map`, and the 8x8
+digits MLP standing in for Fashion-MNIST so that it runs offline. As in the tutorial, the
+first loop passes the same `key` to every update: the learner folds its meta-step into
+the key, so every meta-step still trains on fresh batches and perturbations.
+`LOPT_META_TRAIN_LENGTH` sets the number of meta-steps (default 500, as in the seed).
 """
 
 import os
@@ -15,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import tqdm
 
-from meta_opt.learned import mlp_lopt
-from meta_opt.optimizers import optimizer as opt_base
-from meta_opt.outer import gradient_learner, truncated_pes
-from meta_opt.outer import truncation_schedules as truncation_schedule
+from meta_opt.learned_optimizers import mlp_lopt
+from meta_opt.optimizers import base as opt_base
+from meta_opt.outer_trainers import gradient_learner, truncated_pes, truncation_schedule
 from meta_opt.tasks import base as tasks_base
 from meta_opt.tasks import quadratics
 from meta_opt.tasks.image_mlp import ImageMLP_Digits8_Relu32

@@ -2,10 +2,11 @@
 """Seed 002 (learned_optimization tutorial part 1), run on meta_opt: LearnableAdam's
 meta-gradient through a 4-step unroll, then meta-training that raises the learning rate.
 
-The code below is the tutorial's, with only the import lines changed: meta_opt's module
-paths, and the 8x8 digits MLP standing in for the Fashion-MNIST one (bundled with
-scikit-learn, so the example runs offline). `LOPT_META_TRAIN_LENGTH` shortens the
-2000-step meta-training (as in seed 001) for tests.
+The code below is the tutorial's with the package name replaced in its imports (meta_opt
+gives each learned_optimization module path a same-named home), and the 8x8 digits MLP
+standing in for the Fashion-MNIST one (bundled with scikit-learn, so the example runs
+offline). `LOPT_META_TRAIN_LENGTH` shortens the 2000-step meta-training (as in seed 001)
+for tests.
 """
 
 import os
@@ -13,8 +14,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from meta_opt.learned import base as lopt_base
-from meta_opt.optimizers import optimizer as opt_base
+from meta_opt.learned_optimizers import base as lopt_base
+from meta_opt.optimizers import base as opt_base
 from meta_opt.tasks.image_mlp import ImageMLP_Digits8_Relu32
 
 

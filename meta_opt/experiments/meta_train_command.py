@@ -5,10 +5,19 @@ its fields). The run directory (default `runs/meta_train/<name>`) receives `conf
 `metrics.jsonl` (one JSON object per logged meta-step: step, meta_loss averaged over the
 window, estimator and learner metrics, seconds per step), TensorBoard events,
 `checkpoints/` (orbax: theta, meta-optimizer and unroll states, rng, step),
-`meta_loss.png` and `summary.json`. Ctrl-C or SIGTERM finishes the current meta-step,
-saves a checkpoint and exits 130. Running again on the same directory resumes from the
-latest checkpoint and continues exactly as if never interrupted (raise `num_steps` with
-`--set num_steps=N` to train further).
+`meta_loss.png` and `summary.json`. Progress (meta-step, meta-loss, ETA) goes to stdout:
+a bar on a terminal, plain lines otherwise (`--no-progress`: none). `--wandb` also logs
+every metrics line to Weights & Biases.
+
+Ctrl-C or SIGTERM stops at the end of the current meta-step, checkpoints it and exits
+130 (SIGINT) or 143 (SIGTERM), saying which meta-step is on disk. Running again on the
+same directory resumes from the latest readable checkpoint and continues exactly as if
+never interrupted (raise `num_steps` with `--set num_steps=N` to train further). One
+process at a time trains a directory (the run-directory lock of `meta-opt run`).
+
+User errors (a bad config value, a damaged run directory, missing data, ...) print one
+or two lines naming the file, the value and the fix, and exit 2; `--debug` shows the
+traceback instead.
 
 `--ray [--workers N] [--max-staleness K]` meta-trains on Ray instead (one learner actor,
 N worker actors; docs/distributed.md) with the same outputs and the same loop for logging,
@@ -22,23 +31,23 @@ import argparse
 import contextlib
 import json
 import runpy
-import signal
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from meta_opt.experiments.metrics import read_jsonl, truncate_jsonl
+from meta_opt.experiments.command_errors import CommandError, report, short, user_errors
 
 EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
 EXIT_FAILED = 1
 RAY_MARKER = "ray.json"  # present in run directories written by --ray
+WANDB_PROJECT = "meta_opt-meta_train"
+# Fields that may change between a run and its resume.
+RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `meta-opt meta-train`."""
     parser.add_argument("config", help="Python file whose get_config() returns a MetaTrainConfig")
     parser.add_argument(
         "--set",
@@ -50,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=None, help="run directory (default runs/meta_train/NAME)")
     parser.add_argument("--no-plot", action="store_true", help="do not write meta_loss.png")
+    parser.add_argument("--no-progress", action="store_true", help="print no progress")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help=f"also log every metrics line to Weights & Biases (project {WANDB_PROJECT}; "
+        "WANDB_MODE=offline logs without a network)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     ray = parser.add_argument_group("Ray (docs/distributed.md)")
     ray.add_argument(
         "--ray",
@@ -77,190 +94,249 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None):
-    """The `MetaTrainConfig` of a config file, with `--set` overrides applied."""
-    from meta_opt.outer.meta_train_config import MetaTrainConfig
+    """The `MetaTrainConfig` of a config file, with `--set` overrides applied.
+
+    Raises:
+      CommandError: the file is missing, does not run, or holds a bad config; the
+        message names the file and the value.
+    """
+    from meta_opt.optimizers.config import ConfigError  # noqa: PLC0415
+    from meta_opt.outer.meta_train_config import MetaTrainConfig  # noqa: PLC0415
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    namespace = runpy.run_path(str(path))
-    if "get_config" not in namespace:
-        raise ValueError(f"{path} must define get_config() returning a MetaTrainConfig or dict")
-    config = namespace["get_config"]()
-    if isinstance(config, dict):
-        config = MetaTrainConfig.from_dict(config)
-    if not isinstance(config, MetaTrainConfig):
-        raise ValueError(
-            f"{path}: get_config() returned {type(config).__name__}; "
-            "expected a MetaTrainConfig or a dict"
+        raise CommandError(
+            f"config file {path} does not exist; pass a Python file whose get_config() "
+            "returns a MetaTrainConfig (e.g. configs/meta_train_learnable_adam_quadratic.py)"
         )
-    return config.with_overrides(list(overrides or []))
+    try:
+        namespace = runpy.run_path(str(path))
+        if not callable(namespace.get("get_config")):
+            raise CommandError(
+                f"{path} must define get_config() returning a MetaTrainConfig or a dict of "
+                "its fields"
+            )
+        config = namespace["get_config"]()
+        if isinstance(config, dict):
+            config = MetaTrainConfig.from_dict(config)
+    except CommandError:
+        raise
+    except ConfigError as err:
+        raise CommandError(f"{path}: {err}") from err
+    except SyntaxError as err:
+        raise CommandError(
+            f"{path}, line {err.lineno}: syntax error ({err.msg}); fix the config file"
+        ) from err
+    except Exception as err:  # the config file's own code failed: a user error too
+        raise CommandError(
+            f"{path}: running it raised {type(err).__name__}: {short(err, 1)}; fix the "
+            "config file (--debug shows the traceback)"
+        ) from err
+    if not isinstance(config, MetaTrainConfig):
+        raise CommandError(
+            f"{path}: get_config() returned {type(config).__name__}; "
+            "expected a MetaTrainConfig or a dict of its fields"
+        )
+    if overrides:
+        with user_errors("--set " + " ".join(overrides), "", (ConfigError,)):
+            config = config.with_overrides(list(overrides))
+    return config
 
 
-def _same_run(saved: dict[str, Any], config_dict: dict[str, Any]) -> bool:
-    """Whether a saved config describes the same run (num_steps may grow on resume)."""
-    ignore = {"num_steps", "log_every", "checkpoint_every"}
-    return {k: v for k, v in saved.items() if k not in ignore} == {
-        k: v for k, v in config_dict.items() if k not in ignore
-    }
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Fields (other than RESUMABLE_CHANGES) in which two config dicts differ."""
+    keys = sorted((set(saved) | set(wanted)) - set(RESUMABLE_CHANGES))
+    return [
+        f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)
+    ]
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Holds `meta-opt run`'s run-directory lock on `out`: one training process at a time."""
+    from meta_opt.experiments.run_dir import RunDir  # noqa: PLC0415
+    from meta_opt.optimizers.config import ConfigError  # noqa: PLC0415
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(RunDir(out).lock())
+        except ConfigError as err:  # held by another process: its message names the pid
+            raise CommandError(str(err)) from err
+        except OSError as err:
+            raise CommandError(
+                f"cannot create the run directory {out} ({err.strerror or err}); choose a "
+                "writable --out"
+            ) from err
+        yield
 
 
 def _open_run_dir(config, out: Path, ray: bool):
     """Checks `out` holds this run (or nothing), writes config.json; returns a checkpointer."""
-    from meta_opt.outer.checkpoint import MetaTrainCheckpointer
+    from meta_opt.experiments.run_dir import write_json_atomic  # noqa: PLC0415
+    from meta_opt.outer.checkpoint import MetaTrainCheckpointer  # noqa: PLC0415
 
-    out.mkdir(parents=True, exist_ok=True)
     config_path, marker = out / "config.json", out / RAY_MARKER
     if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if not _same_run(saved, config.to_dict()):
-            raise ValueError(
-                f"{out} holds a different meta-training run (config.json differs); "
-                "use another --out or delete the directory"
+        try:
+            saved = json.loads(config_path.read_text())
+        except (OSError, ValueError) as err:
+            raise CommandError(
+                f"{config_path} cannot be read ({short(err, 1)}): the run directory is "
+                f"damaged; delete {out} to start over, or use another --out"
+            ) from err
+        diffs = _differences(saved if isinstance(saved, dict) else {}, config.to_dict())
+        if diffs:
+            raise CommandError(
+                f"{out} holds a different meta-training run ({'; '.join(diffs[:6])}); use "
+                f"another --out, or delete {out} to start over"
             )
-    ckpt = MetaTrainCheckpointer(out / "checkpoints")
-    if ckpt.latest_step() is not None and marker.exists() != ray:
+    with user_errors(f"cannot write the run directory {out}", "choose a writable --out"):
+        ckpt = MetaTrainCheckpointer(out / "checkpoints")
+    latest = ckpt.latest_step()
+    if latest is not None and marker.exists() != ray:
         ckpt.close()
         written, asked = ("--ray", "without --ray") if marker.exists() else ("one machine", "--ray")
-        raise ValueError(
+        raise CommandError(
             f"{out} holds a meta-training run written by {written}; its checkpoint cannot be "
             f"resumed {asked}. Run the same command as before, or use another --out"
         )
-    config_path.write_text(json.dumps(config.to_dict(), indent=2))
-    if ckpt.latest_step() is None:  # nothing to resume: this call decides the run's path
-        if ray:
-            marker.write_text(json.dumps({"written_by": "meta-opt meta-train --ray"}))
-        else:
-            marker.unlink(missing_ok=True)
+    with user_errors(f"cannot write the run directory {out}", "choose a writable --out"):
+        write_json_atomic(config_path, config.to_dict())
+        if latest is None:  # nothing to resume: this call decides the run's path
+            if ray:
+                marker.write_text(json.dumps({"written_by": "meta-opt meta-train --ray"}))
+            else:
+                marker.unlink(missing_ok=True)
     return ckpt
 
 
-@contextlib.contextmanager
-def _graceful_stop():
-    """Ctrl-C / SIGTERM set `stop["signal"]`: the loop finishes the step, checkpoints, stops."""
-    stop: dict[str, Any] = {"signal": None}
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+def _restore(ckpt, template: dict[str, Any], config, out: Path) -> tuple[dict[str, Any], dict]:
+    """The checkpointed state to resume from, after checking it belongs to `config`."""
+    from meta_opt.outer.checkpoint import CheckpointError  # noqa: PLC0415
+
+    try:
+        state, meta = ckpt.restore(template, quarantine=True)
+    except CheckpointError as err:
+        raise CommandError(str(err)) from err
+    for step, error in ckpt.skipped:
+        print(
+            f"warning: checkpoint of meta-step {step} in {ckpt.directory} cannot be read "
+            f"({error}); resuming from meta-step {int(state['step'])} (the damaged folder "
+            "is kept as damaged_<step>_<time>)",
+            file=sys.stderr,
+        )
+    diffs = _differences(meta.get("config", config.to_dict()), config.to_dict())
+    if diffs:  # config.json was deleted or replaced: the checkpoint still knows its config
+        raise CommandError(
+            f"{ckpt.directory} holds checkpoints of a different config ({'; '.join(diffs[:6])});"
+            f" use another --out, or delete {out} to start over"
+        )
+    return state, meta
+
+
+def _build_estimators(config, lopt) -> list:
+    """One estimator per task family; data problems become CommandErrors."""
+    from meta_opt.outer.meta_train_config import build_estimator, build_task_family  # noqa: PLC0415
+
+    estimators = []
+    for name in config.task_families:
         try:
-            previous[signum] = signal.signal(signum, lambda n, f: stop.update(signal=n))
-        except ValueError:  # not the main thread: no handlers, no graceful stop
-            pass
+            family = build_task_family(name, config.data_dir, config.batch_size)
+            estimator = build_estimator(config, lopt, family)
+            # Data load lazily; load them now, so that missing data is a message, not a
+            # traceback from inside the first meta-step.
+            getattr(getattr(estimator, "truncated_step", None), "data_mode", None)
+        # Missing data (DataUnavailableError), a bad checksum (ChecksumError), bad sizes:
+        # the data layer's message says what is wrong and what to do.
+        except (FileNotFoundError, ValueError, KeyError) as err:
+            raise CommandError(f"task family {name}: {short(err)}") from err
+        estimators.append(estimator)
+    return estimators
+
+
+def _check_wandb() -> None:
+    """Refuses --wandb up front (before any work) when wandb is not installed."""
     try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        import wandb  # noqa: F401, PLC0415
+    except ImportError as err:
+        raise CommandError(
+            "--wandb needs the wandb package, which is not installed; install it with "
+            "`pip install wandb` (WANDB_MODE=offline logs without a network), or drop --wandb"
+        ) from err
 
 
-def _drive(
-    config,
-    out: Path,
-    ckpt,
-    start_step: int,
-    steps,
-    stop: dict,
-    plot: bool,
-    meta: dict[str, Any] | None = None,
+def _wandb_run(enabled: bool, config, out: Path):
+    if not enabled:
+        return None
+    from meta_opt.experiments.metrics import init_wandb  # noqa: PLC0415
+
+    with user_errors("--wandb", "", (RuntimeError,)):
+        return init_wandb(WANDB_PROJECT, config.name, config.to_dict(), out)
+
+
+def run_meta_training(
+    config, out_dir: str | Path, plot: bool = True, progress: bool = False, wandb: bool = False
 ) -> dict[str, Any]:
-    """The loop both paths share: metrics.jsonl + TensorBoard, checkpoints, summary, plot.
+    """Meta-trains as `config` says in this process, writing into `out_dir`; resumes exactly.
 
-    `steps` yields `(step, loss, metrics, checkpoint, last)` per meta-step in order;
-    `checkpoint()` returns `(payload, theta)` of that step (None: not available), and a
-    checkpoint is written when the cadence says so or at the `last` step of a stopped run.
+    Raises:
+      CommandError: a user error (run directory, data, checkpoint); message ready to print.
     """
-    from tensorboardX import SummaryWriter
+    import jax  # noqa: PLC0415
 
-    metrics_path = out / "metrics.jsonl"
-    # Drop lines written after the checkpoint we resume from (and a line torn by a kill).
-    truncate_jsonl(metrics_path, start_step, key="step")
-    writer = SummaryWriter(str(out / "tensorboard"))
-    window, t0, step = [], time.time(), start_step
-    try:
-        with metrics_path.open("a") as log:
-            for step, loss, metrics, checkpoint, last in steps:
-                window.append(float(loss))
-                if config.log_due(step):
-                    record = {
-                        "step": step,
-                        "meta_loss": float(np.mean(window)),
-                        "meta_loss_last": window[-1],
-                        "seconds_per_step": (time.time() - t0) / len(window),
-                        **{k: float(v) for k, v in metrics.items()},
-                    }
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    for name, value in record.items():
-                        if name != "step":
-                            writer.add_scalar(name, value, step)
-                    window, t0 = [], time.time()
-                if checkpoint is not None and (last or config.checkpoint_due(step)):
-                    payload, theta = checkpoint()
-                    info = {"step": step, "name": config.name, **(meta or {})}
-                    ckpt.save(step, payload, theta, info)
-    finally:
-        writer.close()
-
-    records = read_jsonl(metrics_path)
-    summary = {
-        "name": config.name,
-        "steps": step,
-        "final_meta_loss": records[-1]["meta_loss"] if records else None,
-        "first_meta_loss": records[0]["meta_loss"] if records else None,
-        "interrupted": stop["signal"] is not None,
-        **(meta or {}),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if plot and records:
-        _plot(records, out / "meta_loss.png", config.name)
-    return summary
-
-
-def run_meta_training(config, out_dir: str | Path, plot: bool = True) -> dict[str, Any]:
-    """Meta-trains as `config` says in this process, writing into `out_dir`; resumes exactly."""
-    import jax
-
-    from meta_opt.outer.gradient_learner import SingleMachineGradientLearner
-    from meta_opt.outer.meta_train_config import (
-        build_estimator,
+    from meta_opt.experiments.meta_train_loop import drive, graceful_stop  # noqa: PLC0415
+    from meta_opt.outer.gradient_learner import SingleMachineGradientLearner  # noqa: PLC0415
+    from meta_opt.outer.meta_train_config import (  # noqa: PLC0415
         build_learned_optimizer,
-        build_task_family,
         build_theta_opt,
     )
 
-    lopt = build_learned_optimizer(config)
-    estimators = [
-        build_estimator(config, lopt, build_task_family(n, config.data_dir, config.batch_size))
-        for n in config.task_families
-    ]
-    trainer = SingleMachineGradientLearner(lopt, estimators, build_theta_opt(config))
     out = Path(out_dir)
-    ckpt = _open_run_dir(config, out, ray=False)
-    key = jax.random.PRNGKey(config.seed)
-    start = {"trainer": trainer.init(key), "rng": jax.random.fold_in(key, 1), "step": 0}
-    if ckpt.latest_step() is not None:
-        start, _ = ckpt.restore(start)
-        print(f"resuming {out} from meta-step {int(start['step'])}", file=sys.stderr)
-    start_step, rng = int(start["step"]), start["rng"]
+    with _locked(out):
+        lopt = build_learned_optimizer(config)
+        trainer = SingleMachineGradientLearner(
+            lopt, _build_estimators(config, lopt), build_theta_opt(config)
+        )
+        ckpt = _open_run_dir(config, out, ray=False)
+        try:
+            key = jax.random.PRNGKey(config.seed)
+            start = {"trainer": trainer.init(key), "rng": jax.random.fold_in(key, 1), "step": 0}
+            meta: dict[str, Any] = {}
+            if ckpt.latest_step() is not None:
+                start, meta = _restore(ckpt, start, config, out)
+                print(f"resuming {out} from meta-step {int(start['step'])}", file=sys.stderr)
+            start_step, rng = int(start["step"]), start["rng"]
 
-    def steps(stop):
-        state, step = start["trainer"], start_step
-        while step < config.num_steps and stop["signal"] is None:
-            log_now = config.log_due(step + 1)
-            state, loss, metrics = trainer.update(
-                state, jax.random.fold_in(rng, step), with_metrics=log_now
-            )
-            step += 1
-            checkpoint = lambda s=state, t=step: (
-                {"trainer": s, "rng": rng, "step": t},
-                trainer.get_theta(s),
-            )
-            yield step, loss, metrics, checkpoint, stop["signal"] is not None
+            def steps():
+                # No stop check here: `drive` decides, after each step's outputs are ready.
+                state, step = start["trainer"], start_step
+                while step < config.num_steps:
+                    state, loss, metrics = trainer.update(
+                        state, jax.random.fold_in(rng, step), with_metrics=config.log_due(step + 1)
+                    )
+                    step += 1
+                    checkpoint = lambda s=state, t=step: (
+                        {"trainer": s, "rng": rng, "step": t},
+                        trainer.get_theta(s),
+                    )
+                    yield step, loss, metrics, checkpoint, False
 
-    try:
-        with _graceful_stop() as stop:
-            return _drive(config, out, ckpt, start_step, steps(stop), stop, plot)
-    finally:
-        ckpt.close()
+            wandb_run = _wandb_run(wandb, config, out)
+            with graceful_stop() as stop:
+                return drive(
+                    config,
+                    out,
+                    ckpt,
+                    start_step,
+                    steps(),
+                    stop,
+                    plot=plot,
+                    expected_lines=meta.get("metrics_lines"),
+                    progress=progress,
+                    wandb_run=wandb_run,
+                )
+        finally:
+            ckpt.close()
 
 
 def run_ray_meta_training(
@@ -272,6 +348,8 @@ def run_ray_meta_training(
     num_gradients_per_step: int | None = None,
     max_worker_restarts: int = 3,
     worker_num_cpus: float = 1.0,
+    progress: bool = False,
+    wandb: bool = False,
 ) -> dict[str, Any]:
     """Meta-trains on Ray (one learner actor, `num_workers` worker actors) into `out_dir`.
 
@@ -281,86 +359,128 @@ def run_ray_meta_training(
     Resuming restores the learner (theta, meta-optimizer state, step); workers start fresh
     unroll states. See docs/distributed.md and `meta_opt.distributed.RayMetaTraining`.
     """
-    import os
-    import warnings
+    import os  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
 
-    import jax
-    import ray
+    import jax  # noqa: PLC0415
 
-    from meta_opt.distributed import RayMetaTraining
-    from meta_opt.outer.gradient_learner import GradientLearner
-    from meta_opt.outer.meta_train_config import build_learned_optimizer, build_theta_opt
-
-    trainer = RayMetaTraining(  # validates the arguments before anything is written
-        config,
-        num_workers,
-        max_staleness=max_staleness,
-        num_gradients_per_step=num_gradients_per_step,
-        max_worker_restarts=max_worker_restarts,
-        worker_num_cpus=worker_num_cpus,
-    )
-    out = Path(out_dir)
-    ckpt = _open_run_dir(config, out, ray=True)
-    learner_state, start_step = None, 0
-    if ckpt.latest_step() is not None:
-        # The template only gives orbax the structure; the learner actor builds its own.
-        learner = GradientLearner(build_learned_optimizer(config), build_theta_opt(config))
-        template = {"learner": learner.init(jax.random.PRNGKey(config.seed)), "step": 0}
-        restored, _ = ckpt.restore(template)
-        learner_state, start_step = restored["learner"], int(restored["step"])
-        print(f"resuming {out} from meta-step {start_step} (fresh unroll states)", file=sys.stderr)
-
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        with warnings.catch_warnings():
-            # Ray starts its processes with fork+exec, which is safe in a JAX process.
-            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    meta = {"ray_workers": num_workers, "max_staleness": max_staleness}
     try:
-        with _graceful_stop() as stop:
-            trainer.start(learner_state, start_step)
-            steps = trainer.steps(lambda: stop["signal"] is not None)
-            summary = _drive(config, out, ckpt, start_step, steps, stop, plot, meta)
-        summary["worker_restarts"] = sum(trainer.restarts)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
-    finally:
-        ckpt.close()
-        trainer.shutdown()
+        import ray  # noqa: PLC0415
+    except ImportError as err:
+        raise CommandError(
+            "--ray needs the ray package, which is not installed; install it with "
+            "`pip install 'meta_opt[ray]'`, or drop --ray"
+        ) from err
+
+    from meta_opt.distributed import RayMetaTraining  # noqa: PLC0415
+    from meta_opt.experiments.meta_train_loop import drive, graceful_stop  # noqa: PLC0415
+    from meta_opt.outer.gradient_learner import GradientLearner  # noqa: PLC0415
+    from meta_opt.outer.meta_train_config import (  # noqa: PLC0415
+        build_learned_optimizer,
+        build_theta_opt,
+    )
+
+    with user_errors("--ray", "", (ValueError,)):
+        trainer = RayMetaTraining(  # validates the arguments before anything is written
+            config,
+            num_workers,
+            max_staleness=max_staleness,
+            num_gradients_per_step=num_gradients_per_step,
+            max_worker_restarts=max_worker_restarts,
+            worker_num_cpus=worker_num_cpus,
+        )
+    out = Path(out_dir)
+    with _locked(out):
+        ckpt = _open_run_dir(config, out, ray=True)
+        learner_state, start_step, meta = None, 0, {}
+        if ckpt.latest_step() is not None:
+            # The template only gives orbax the structure; the learner actor builds its own.
+            learner = GradientLearner(build_learned_optimizer(config), build_theta_opt(config))
+            template = {"learner": learner.init(jax.random.PRNGKey(config.seed)), "step": 0}
+            try:
+                restored, meta = _restore(ckpt, template, config, out)
+            except CommandError:
+                ckpt.close()
+                raise
+            learner_state, start_step = restored["learner"], int(restored["step"])
+            print(
+                f"resuming {out} from meta-step {start_step} (fresh unroll states)",
+                file=sys.stderr,
+            )
+
+        started_ray = not ray.is_initialized()
         if started_ray:
-            ray.shutdown()
+            with warnings.catch_warnings():
+                # Ray starts its processes with fork+exec, which is safe in a JAX process.
+                warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+                ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray_meta = {"ray_workers": num_workers, "max_staleness": max_staleness}
+        try:
+            wandb_run = _wandb_run(wandb, config, out)
+            with graceful_stop() as stop:
+                trainer.start(learner_state, start_step)
+                steps = trainer.steps(lambda: stop["signal"] is not None)
+                summary = drive(
+                    config,
+                    out,
+                    ckpt,
+                    start_step,
+                    steps,
+                    stop,
+                    plot=plot,
+                    meta=ray_meta,
+                    expected_lines=meta.get("metrics_lines"),
+                    progress=progress,
+                    wandb_run=wandb_run,
+                )
+            summary["worker_restarts"] = sum(trainer.restarts)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            return summary
+        finally:
+            ckpt.close()
+            trainer.shutdown()
+            if started_ray:
+                ray.shutdown()
 
 
-def _plot(records: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+def _stop_message(summary: dict[str, Any], out: Path) -> str:
+    """What an interrupted run left on disk, checked after the fact."""
+    import signal  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in records], [r["meta_loss"] for r in records])
-    ax.set_xlabel("meta-step")
-    ax.set_ylabel("meta-loss (window mean)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    step, saved = summary["steps"], summary["checkpoint_step"]
+    name = signal.Signals(summary["signal"]).name
+    if saved == step:
+        return (
+            f"stopped by {name} at meta-step {step}; its checkpoint is saved in "
+            f"{out / 'checkpoints'}. Resume with the same command (--out {out})"
+        )
+    why = f" ({summary['checkpoint_error']})" if summary.get("checkpoint_error") else ""
+    on_disk = "none" if saved is None else f"meta-step {saved}"
+    redo = "from the start" if saved is None else f"meta-steps {saved + 1}..{step} again"
+    return (
+        f"stopped by {name} at meta-step {step}, but its checkpoint could not be written"
+        f"{why}; latest checkpoint on disk: {on_disk}. The same command (--out {out}) "
+        f"resumes from there and runs {redo}"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    """Runs `meta-opt meta-train`; returns the exit code."""
+    import signal  # noqa: PLC0415
+
+    out = None
     try:
         config = load_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"meta-opt meta-train: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    out = Path(args.out) if args.out else Path("runs") / "meta_train" / config.name
-    ray = getattr(args, "ray", False)
-    workers, max_staleness = getattr(args, "workers", None), getattr(args, "max_staleness", 0)
-    if not ray and (workers is not None or max_staleness):
-        print("meta-opt meta-train: --workers and --max-staleness need --ray", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
+        out = Path(args.out) if args.out else Path("runs") / "meta_train" / config.name
+        ray = getattr(args, "ray", False)
+        workers = getattr(args, "workers", None)
+        max_staleness = getattr(args, "max_staleness", 0)
+        if not ray and (workers is not None or max_staleness):
+            raise CommandError("--workers and --max-staleness need --ray")
+        progress = not getattr(args, "no_progress", False)
+        wandb = getattr(args, "wandb", False)
+        if wandb:
+            _check_wandb()
         if ray:
             summary = run_ray_meta_training(
                 config,
@@ -369,23 +489,42 @@ def main(args: argparse.Namespace) -> int:
                 max_staleness=max_staleness,
                 plot=not args.no_plot,
                 max_worker_restarts=getattr(args, "max_worker_restarts", 3),
+                progress=progress,
+                wandb=wandb,
             )
         else:
-            summary = run_meta_training(config, out, plot=not args.no_plot)
-    except ValueError as err:
-        print(f"meta-opt meta-train: {err}", file=sys.stderr)
-        return EXIT_CONFIG
+            summary = run_meta_training(
+                config, out, plot=not args.no_plot, progress=progress, wandb=wandb
+            )
+    except CommandError as err:
+        if getattr(args, "debug", False):
+            raise
+        return report("meta-train", err)
+    except KeyboardInterrupt:  # Ctrl-C while building, before the loop takes over signals
+        print(
+            "meta-opt meta-train: interrupted before the first meta-step; nothing was trained "
+            "and the run directory's checkpoints are unchanged",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
     except RuntimeError as err:  # Ray: a worker died too often, or the learner died
+        if getattr(args, "debug", False):
+            raise
         print(f"meta-opt meta-train: {err}", file=sys.stderr)
         return EXIT_FAILED
     if summary["interrupted"]:
+        print(_stop_message(summary, out), file=sys.stderr)
+        return 128 + int(summary["signal"] or signal.SIGINT)
+    if summary["checkpoint_error"]:
         print(
-            f"interrupted at meta-step {summary['steps']}; checkpoint saved. Resume with the "
-            f"same command (--out {out})",
+            f"meta-opt meta-train: writing the checkpoint of meta-step {summary['steps']} "
+            f"failed ({summary['checkpoint_error']}); latest checkpoint on disk: "
+            f"{summary['checkpoint_step']}. Fix that (e.g. free disk space), then run the "
+            f"same command to resume",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
-    if summary["final_meta_loss"] is None:
+        return EXIT_FAILED
+    if summary["start_step"] >= config.num_steps:
         print(f"nothing to do: {out} already holds {summary['steps']} meta-steps")
         return 0
     print(

@@ -1,7 +1,7 @@
 """Meta-training: truncation schedules, truncated inner training, gradient estimators
 (FullGrad, FullES, TruncatedES, TruncatedGrad, TruncatedPES) and gradient learners."""
 
-from meta_opt.outer.checkpoint import MetaTrainCheckpointer
+from meta_opt.outer.checkpoint import CheckpointError, MetaTrainCheckpointer
 from meta_opt.outer.eval_training import multi_task_training_curves, single_task_training_curves
 from meta_opt.outer.full_es import FullES
 from meta_opt.outer.full_grad import FullGrad
@@ -14,10 +14,12 @@ from meta_opt.outer.gradient_learner import (
     AggregatedGradient,
     GradientLearner,
     GradientLearnerState,
+    OuterState,
     SingleMachineGradientLearner,
     SingleMachineState,
     WorkerComputeOut,
     gradient_worker_compute,
+    meta_step_key,
 )
 from meta_opt.outer.meta_train_config import MetaTrainConfig
 from meta_opt.outer.truncated_es import TruncatedES
@@ -37,6 +39,7 @@ from meta_opt.outer.truncation_schedules import (
 
 __all__ = [
     "AggregatedGradient",
+    "CheckpointError",
     "ConstantTruncationSchedule",
     "FullES",
     "FullGrad",
@@ -48,6 +51,7 @@ __all__ = [
     "MetaTrainCheckpointer",
     "MetaTrainConfig",
     "NeverEndingTruncationSchedule",
+    "OuterState",
     "PESWorkerState",
     "SingleMachineGradientLearner",
     "SingleMachineState",
@@ -61,6 +65,7 @@ __all__ = [
     "WorkerComputeOut",
     "WorkerWeights",
     "gradient_worker_compute",
+    "meta_step_key",
     "multi_task_training_curves",
     "single_task_training_curves",
 ]

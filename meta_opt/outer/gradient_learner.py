@@ -9,6 +9,15 @@ states to themselves. `SingleMachineGradientLearner` runs both roles in one proc
 entries with zeros (one bad inner run must not poison theta) and reports how many it
 replaced, then takes one meta-optimizer step.
 
+Fresh randomness per meta-step: learned_optimization's tasks draw their batches from
+Python iterators, so a loop that passes one fixed key to every meta-step still trains on
+new batches. Here batches (and ES / PES perturbations) are drawn from the key, so the
+learner counts its meta-steps (`GradientLearnerState.outer_iteration`), sends the count
+to workers in `WorkerWeights.outer_state`, and `gradient_worker_compute` folds it into
+the key. Each meta-step therefore sees new batches and perturbations even under a fixed
+key, and a run stays a pure function of (key, state): re-running from a saved state with
+the same key reproduces it exactly.
+
 References:
   Metz et al., "Practical tradeoffs between memory, compute, and performance in learned
   optimizers", CoLLAs 2022 (learned_optimization's gradient_learner).
@@ -31,10 +40,19 @@ from meta_opt.outer.gradient_estimator import GradientEstimator, WorkerWeights
 
 
 @flax.struct.dataclass
+class OuterState:
+    """What workers learn about the learner besides theta: the meta-step they compute for."""
+
+    outer_iteration: jax.Array
+
+
+@flax.struct.dataclass
 class GradientLearnerState:
-    """The central learner's state: the meta-optimizer state, which owns theta."""
+    """The central learner's state: the meta-optimizer state (which owns theta) and the
+    number of meta-steps applied so far."""
 
     theta_opt_state: Any
+    outer_iteration: jax.Array
 
 
 @flax.struct.dataclass
@@ -100,17 +118,23 @@ class GradientLearner:
         self._update = jax.jit(self._update_impl)
 
     def init(self, key: chex.PRNGKey) -> GradientLearnerState:
+        """A fresh learner state: theta drawn from `key`, no meta-step applied yet."""
         theta = self.meta_init.init(key)
-        return GradientLearnerState(theta_opt_state=self.theta_opt.init(theta))
+        return GradientLearnerState(
+            theta_opt_state=self.theta_opt.init(theta),
+            outer_iteration=jnp.asarray(0, jnp.int32),
+        )
 
     def get_state_for_worker(self, state: GradientLearnerState) -> WorkerWeights:
+        """What a worker needs: theta and the learner's meta-step (`OuterState`)."""
         return WorkerWeights(
             theta=self.theta_opt.get_params(state.theta_opt_state),
             theta_model_state=None,
-            outer_state=None,
+            outer_state=OuterState(outer_iteration=state.outer_iteration),
         )
 
     def get_theta(self, state: GradientLearnerState) -> MetaParams:
+        """Theta, the current meta-parameters."""
         return self.theta_opt.get_params(state.theta_opt_state)
 
     def _update_impl(self, state, grads_list):
@@ -127,7 +151,10 @@ class GradientLearner:
             "num_nonfinite_grads": num_nonfinite,
             "num_nonfinite_losses": jnp.sum(~jnp.isfinite(losses)),
         }
-        return GradientLearnerState(theta_opt_state=theta_opt_state), metrics
+        new_state = GradientLearnerState(
+            theta_opt_state=theta_opt_state, outer_iteration=state.outer_iteration + 1
+        )
+        return new_state, metrics
 
     def update(
         self,
@@ -143,6 +170,17 @@ class GradientLearner:
         return self._update(state, list(grads_list))
 
 
+def meta_step_key(key: chex.PRNGKey, worker_weights: WorkerWeights) -> chex.PRNGKey:
+    """`key` folded with the learner's meta-step from `worker_weights.outer_state`.
+
+    Weights without an `outer_state` (built by hand) leave the key as it is.
+    """
+    outer = worker_weights.outer_state
+    if outer is None:
+        return key
+    return jax.random.fold_in(key, jnp.asarray(outer.outer_iteration, jnp.int32))
+
+
 def gradient_worker_compute(
     worker_weights: WorkerWeights,
     gradient_estimators: Sequence[GradientEstimator],
@@ -156,7 +194,9 @@ def gradient_worker_compute(
       worker_weights: theta from `GradientLearner.get_state_for_worker`.
       gradient_estimators: the estimators this worker runs.
       unroll_states: one state per estimator (from `init_worker_state` or the last call).
-      key: randomness; estimator i uses `fold_in(key, i)`.
+      key: randomness; folded with the learner's meta-step (`meta_step_key`), then
+        estimator i uses `fold_in(that key, i)`. A fixed key thus still gives every
+        meta-step fresh batches and perturbations.
       with_metrics: also return each estimator's metrics (prefixed by its name).
     """
     if len(gradient_estimators) != len(unroll_states):
@@ -164,6 +204,7 @@ def gradient_worker_compute(
             f"got {len(gradient_estimators)} gradient estimators but {len(unroll_states)} "
             "unroll states; pass one state per estimator"
         )
+    key = meta_step_key(key, worker_weights)
     grads, losses, states, metrics, infos = [], [], [], {}, []
     for i, (est, state) in enumerate(zip(gradient_estimators, unroll_states, strict=True)):
         out, est_metrics = est.compute_gradient_estimate(
@@ -206,6 +247,7 @@ class SingleMachineGradientLearner:
         self.gradient_estimators = list(gradient_estimators)
 
     def init(self, key: chex.PRNGKey) -> SingleMachineState:
+        """Theta and every estimator's unroll state (estimator i from `fold_in(key, i)`)."""
         learner_state = self.gradient_learner.init(key)
         weights = self.gradient_learner.get_state_for_worker(learner_state)
         states = [
@@ -215,12 +257,18 @@ class SingleMachineGradientLearner:
         return SingleMachineState(learner_state, states)
 
     def get_theta(self, state: SingleMachineState) -> MetaParams:
+        """Theta, the current meta-parameters."""
         return self.gradient_learner.get_theta(state.gradient_learner_state)
 
     def update(
         self, state: SingleMachineState, key: chex.PRNGKey, with_metrics: bool = False
     ) -> tuple[SingleMachineState, jax.Array, dict[str, jax.Array]]:
-        """One meta-step: estimate on every estimator, then update theta."""
+        """One meta-step: estimate on every estimator, then update theta.
+
+        `key` may be the same at every call: the learner's meta-step is folded into it
+        (see `gradient_worker_compute`), so each meta-step sees fresh batches and
+        perturbations.
+        """
         weights = self.gradient_learner.get_state_for_worker(state.gradient_learner_state)
         out = gradient_worker_compute(
             weights,

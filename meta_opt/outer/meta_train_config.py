@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 from typing import Any
 
 import optax
 
+from meta_opt.data.datasets import SPLITS
 from meta_opt.learned import AdafacMLPLOpt, LearnableAdam, LearnableSGD, LearnableSGDM, MLPLOpt
 from meta_opt.learned.base import LearnedOptimizer
-from meta_opt.optimizers.config import parse_override_value
+from meta_opt.optimizers.config import ConfigError, parse_override_value
 from meta_opt.optimizers.optimizer import OptaxOptimizer
 from meta_opt.outer.full_es import FullES
 from meta_opt.outer.full_grad import FullGrad
@@ -46,11 +48,106 @@ _FAMILY_RE = re.compile(r"ImageMLPFamily_(Digits|Mnist|FashionMnist)(\d+)_(\d+(?
 _QUAD_RE = re.compile(r"FixedDimQuadraticFamily(\d+)$")
 
 
+FAMILY_PATTERNS = (
+    "FixedDimQuadraticFamily<dim>",
+    "ImageMLPFamily_<Digits|Mnist|FashionMnist><size>_<w1>x<w2>...",
+)
+# Field types, checked on construction: a wrong type is refused, never converted.
+_INT_FIELDS = (
+    "num_tasks",
+    "trunc_length",
+    "random_initial_iteration_offset",
+    "min_length",
+    "max_length",
+    "num_steps",
+    "seed",
+    "log_every",
+    "checkpoint_every",
+    "batch_size",
+)
+_FLOAT_FIELDS = ("std", "theta_lr", "theta_grad_clip")
+_STR_FIELDS = ("name", "learned_optimizer", "estimator", "theta_optimizer")
+_OPTIONAL_STR_FIELDS = ("meta_loss_split", "data_dir")
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _choice(kind: str, value: str, known) -> None:
     if value not in known:
         close = difflib.get_close_matches(value, list(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown {kind} '{value}'{hint}; known: {', '.join(known)}")
+        raise ConfigError(f"unknown {kind} '{value}'{hint}; known: {', '.join(known)}")
+
+
+def _type_error(key: str, value: Any, wanted: str, example: str) -> ConfigError:
+    return ConfigError(
+        f"{key} must be {wanted}, got {value!r} ({type(value).__name__}); e.g. {key}={example}"
+    )
+
+
+def _check_type(key: str, value: Any, kind: str) -> None:
+    """Refuses `value` unless it has field kind `kind` ("int", "float", "str", "str|None")."""
+    is_bool = isinstance(value, bool)
+    if kind == "int" and (is_bool or not isinstance(value, int)):
+        raise _type_error(key, value, "an integer", "3")
+    if kind == "float" and (is_bool or not isinstance(value, (int, float))):
+        raise _type_error(key, value, "a number", "0.01")
+    if kind == "str" and not isinstance(value, str):
+        raise _type_error(key, value, "a string", "'name'")
+    if kind == "str|None" and value is not None and not isinstance(value, str):
+        raise _type_error(key, value, "a string or null", "null")
+
+
+def is_task_family_name(name: str) -> bool:
+    """Whether `build_task_family` knows `name` (without building anything)."""
+    from meta_opt.tasks import is_task  # noqa: PLC0415 - imports every built-in task
+
+    return bool(_QUAD_RE.match(name) or _FAMILY_RE.match(name) or is_task(name))
+
+
+def _check_task_family(name: Any) -> None:
+    if not isinstance(name, str):
+        raise _type_error("task_families", name, "a list of names", "[FixedDimQuadraticFamily10]")
+    if is_task_family_name(name):
+        return
+    from meta_opt.tasks import list_tasks  # noqa: PLC0415
+
+    close = difflib.get_close_matches(name, list_tasks(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(
+        f"unknown task family '{name}'{hint}; known: {', '.join(FAMILY_PATTERNS)}, "
+        f"or a task name: {', '.join(list_tasks())}"
+    )
+
+
+def _check_lopt_kwargs(learned_optimizer: str, kwargs: Any) -> None:
+    """Refuses keys the learned optimizer's constructor lacks, values of the wrong type
+    (judged by the parameter's default), and values the constructor itself refuses."""
+    cls = LEARNED_OPTIMIZERS[learned_optimizer]
+    if not isinstance(kwargs, dict):
+        raise _type_error("lopt_kwargs", kwargs, "a dict", '{"hidden_size": 16}')
+    params = {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self"
+    }
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(
+            f"lopt_kwargs {unknown} are not arguments of {learned_optimizer}; "
+            f"its arguments: {', '.join(f'{k}={v!r}' for k, v in params.items())}"
+        )
+    for key, value in kwargs.items():
+        default = params[key]
+        if isinstance(default, bool):
+            continue
+        if isinstance(default, (int, float)):
+            _check_type(f"lopt_kwargs.{key}", value, type(default).__name__)
+        elif isinstance(default, tuple) and not isinstance(value, (list, tuple)):
+            raise _type_error(f"lopt_kwargs.{key}", value, "a list", str(list(default)))
+    try:
+        cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"lopt_kwargs for {learned_optimizer} refused: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,24 +190,57 @@ class MetaTrainConfig:
     batch_size: int = 128
 
     def __post_init__(self):
+        for keys, kind in (
+            (_INT_FIELDS, "int"),
+            (_FLOAT_FIELDS, "float"),
+            (_STR_FIELDS, "str"),
+            (_OPTIONAL_STR_FIELDS, "str|None"),
+        ):
+            for key in keys:
+                _check_type(key, getattr(self, key), kind)
+        if not _FOLDER_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"name must be a plain folder name (letters, digits, '.', '_', '-'), got "
+                f"{self.name!r}; the run directory is runs/meta_train/<name>"
+            )
         _choice("learned_optimizer", self.learned_optimizer, LEARNED_OPTIMIZERS)
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("theta_optimizer", self.theta_optimizer, THETA_OPTIMIZERS)
-        object.__setattr__(self, "task_families", tuple(self.task_families))
+        if self.meta_loss_split is not None:
+            _choice("meta_loss_split", self.meta_loss_split, SPLITS)
+        families = self.task_families
+        if isinstance(families, str):  # "a,b" as --set writes it
+            families = [f for f in families.split(",") if f]
+        if not isinstance(families, (list, tuple)):
+            raise _type_error("task_families", families, "a list of family names", "[...]")
+        object.__setattr__(self, "task_families", tuple(families))
         if not self.task_families:
-            raise ValueError("task_families must name at least one task family")
-        for key in ("num_tasks", "trunc_length", "min_length", "num_steps", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("log_every", "checkpoint_every"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+            raise ConfigError("task_families must name at least one task family")
+        for family in self.task_families:
+            _check_task_family(family)
+        for key in (
+            "num_tasks",
+            "trunc_length",
+            "min_length",
+            "num_steps",
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
         if self.max_length < self.min_length:
-            raise ValueError(
+            raise ConfigError(
                 f"max_length ({self.max_length}) must be >= min_length ({self.min_length})"
             )
-        if not self.std > 0 or not self.theta_lr > 0:
-            raise ValueError(f"std and theta_lr must be > 0, got {self.std}, {self.theta_lr}")
+        for key in ("std", "theta_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
+        if self.theta_grad_clip < 0:
+            raise ConfigError(
+                f"theta_grad_clip must be >= 0 (0: no clipping), got {self.theta_grad_clip!r}"
+            )
+        _check_lopt_kwargs(self.learned_optimizer, self.lopt_kwargs)
 
     def log_due(self, step: int) -> bool:
         """Whether meta-step `step` (counted from 1) writes a metrics line."""
@@ -121,16 +251,22 @@ class MetaTrainConfig:
         return step % self.checkpoint_every == 0 or step == self.num_steps
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready data (`from_dict` reads it back)."""
         d = dataclasses.asdict(self)
         d["task_families"] = list(self.task_families)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
+        """The config of `d` (e.g. a config.json); unknown keys are refused by name."""
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"a meta-train config must be a dict of fields, got {type(d).__name__}"
+            )
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"unknown meta-train config keys {unknown}; known: {known}")
+            raise ConfigError(f"unknown meta-train config keys {unknown}; known: {known}")
         return cls(**d)
 
     def with_overrides(self, assignments: list[str]) -> MetaTrainConfig:
@@ -138,10 +274,14 @@ class MetaTrainConfig:
         d = self.to_dict()
         for item in assignments:
             if "=" not in item:
-                raise ValueError(f"--set expects key=value, got '{item}'")
+                raise ConfigError(f"--set expects key=value, got '{item}'")
             key, raw = item.split("=", 1)
             if key not in d:
-                raise ValueError(f"unknown meta-train config key '{key}'; known: {list(d)}")
+                close = difflib.get_close_matches(key, list(d), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    f"unknown meta-train config key '{key}'{hint}; known: {', '.join(d)}"
+                )
             value = parse_override_value(raw)
             if key == "task_families" and isinstance(value, str):
                 value = [v for v in value.split(",") if v]
@@ -176,10 +316,12 @@ def build_task_family(name: str, data_dir: str | None = None, batch_size: int = 
 
 
 def build_learned_optimizer(config: MetaTrainConfig) -> LearnedOptimizer:
+    """The learned optimizer of `config` (its `lopt_kwargs` were checked on construction)."""
     return LEARNED_OPTIMIZERS[config.learned_optimizer](**config.lopt_kwargs)
 
 
 def build_trunc_sched(config: MetaTrainConfig) -> TruncationSchedule:
+    """Constant length when min_length == max_length, else log-uniform lengths."""
     if config.min_length == config.max_length:
         return ConstantTruncationSchedule(config.max_length)
     return LogUniformLengthSchedule(config.min_length, config.max_length)
@@ -188,6 +330,7 @@ def build_trunc_sched(config: MetaTrainConfig) -> TruncationSchedule:
 def build_estimator(
     config: MetaTrainConfig, lopt: LearnedOptimizer, family: TaskFamily
 ) -> GradientEstimator:
+    """The estimator `config.estimator` of `lopt` on `family`."""
     sched = build_trunc_sched(config)
     offset = config.random_initial_iteration_offset
     offset = config.max_length if offset < 0 else offset
@@ -211,6 +354,7 @@ def build_estimator(
 
 
 def build_theta_opt(config: MetaTrainConfig) -> OptaxOptimizer:
+    """Adam or SGD on theta at `theta_lr`, after global-norm clipping when asked."""
     base = (optax.adam if config.theta_optimizer == "adam" else optax.sgd)(config.theta_lr)
     if config.theta_grad_clip > 0:
         base = optax.chain(optax.clip_by_global_norm(config.theta_grad_clip), base)

@@ -74,6 +74,19 @@ def tile_theta(theta: MetaParams, n: int) -> MetaParams:
     return jax.tree_util.tree_map(lambda t: jnp.broadcast_to(t, (n,) + jnp.shape(t)), theta)
 
 
+def stack_iterator_batches(iterator: Any, leading_shape: tuple[int, ...]) -> Any:
+    """prod(leading_shape) batches from `iterator`, stacked into arrays [*leading_shape, ...].
+
+    How tasks that only have Python iterators feed a jitted loop: the host draws the
+    batches of a whole chunk, and the chunk scans over them.
+    """
+    count = int(np.prod(leading_shape))
+    draws = [next(iterator) for _ in range(count)]
+    return jax.tree_util.tree_map(
+        lambda *xs: np.stack(xs).reshape(tuple(leading_shape) + np.shape(xs[0])), *draws
+    )
+
+
 def valid_before_first_done(is_done: jax.Array) -> jax.Array:
     """[T, N] mask of steps that belong to the run current at the start of the chunk."""
     done = is_done.astype(jnp.int32)
@@ -151,14 +164,8 @@ class VectorizedTruncatedStep:
             return {"arrays": {s: arrays[s] for s in self._splits}, "stacked": None}
         if self.data_mode == "iterators":
             datasets = self.task_family.datasets or self._probe_task.datasets
-            stacked = {}
-            for split in self._splits:
-                it = datasets.split(split)
-                draws = [next(it) for _ in range(num_steps * self.num_tasks)]
-                stacked[split] = jax.tree_util.tree_map(
-                    lambda *xs: np.stack(xs).reshape((num_steps, self.num_tasks) + xs[0].shape),
-                    *draws,
-                )
+            shape = (num_steps, self.num_tasks)
+            stacked = {s: stack_iterator_batches(datasets.split(s), shape) for s in self._splits}
             return {"arrays": None, "stacked": stacked}
         return {"arrays": None, "stacked": None}
 

@@ -1,8 +1,8 @@
 """The seed-002 example script runs as written (shortened by env var).
 
-The seed-001 script (examples/lopt_seed001_gradient_learner.py) compiles four MLPLOpt PES
-estimators, about a minute of CPU, so its flows are pinned instead by the same calls on a
-cheaper learned optimizer in test_gradient_learner.py.
+The seed-001 script (examples/lopt_seed001_gradient_learner.py) is the tutorial part 4
+notebook code that test_tutorial_notebooks.py already runs (with the same imports), so it is not run
+twice here.
 """
 
 import runpy
