@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace) -> int:
     import jax  # noqa: PLC0415
 
-    from meta_opt.experiments.lopt_plots import plot_training_curves  # noqa: PLC0415
+    from meta_opt.experiments.plots import eval_lopt_figure, save  # noqa: PLC0415
     from meta_opt.optimizers import Adam  # noqa: PLC0415
     from meta_opt.outer.eval_training import single_task_training_curves  # noqa: PLC0415
     from meta_opt.outer.meta_train_config import build_learned_optimizer  # noqa: PLC0415
@@ -176,6 +176,6 @@ def _main(args: argparse.Namespace) -> int:
     with user_errors(f"cannot write into {run}", "make it writable, or copy the run elsewhere"):
         json_path.write_text(json.dumps(result))
         if not args.no_plot:
-            plot_training_curves(curves, png_path, f"{args.task}: {args.steps} steps")
+            save(eval_lopt_figure(result, title=f"{args.task}: {args.steps} steps"), png_path)
     print(f"wrote {json_path}" + ("" if args.no_plot else f" and {png_path.name}"))
     return 0

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from meta_opt.experiments.command_errors import CommandError
-from meta_opt.experiments.lopt_plots import plot_meta_loss
 from meta_opt.experiments.metrics import read_jsonl, truncate_jsonl
 from meta_opt.experiments.run_dir import write_json_atomic
 from meta_opt.experiments.step_progress import StepProgress
@@ -200,5 +199,7 @@ def drive(
     }
     write_json_atomic(out / SUMMARY_FILE, summary)
     if plot and records:
-        plot_meta_loss(records, out / "meta_loss.png", config.name)
+        from meta_opt.experiments.plots import meta_loss_figure, save  # matplotlib: slow
+
+        save(meta_loss_figure(records, config.name), out / "meta_loss.png")
     return summary

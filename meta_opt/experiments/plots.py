@@ -13,7 +13,8 @@ directories (holding pair directories) and writes:
 - `metaopt_M.png`: MetaOpt's coefficients M_i against global step (MetaOpt pairs only).
 
 `plot_eval_lopt(eval_json, out_dir)` draws the training curves of an `eval_<task>.json`
-written by `meta-opt eval-lopt` (the learned optimizer against Adam).
+written by `meta-opt eval-lopt` (the learned optimizer against Adam); `meta_loss_figure`
+draws a meta-train run's meta-loss.
 
 Every figure keeps its legend outside the axes and colours series with `palette`, which
 does not repeat colours however many series there are. NaN and infinite values (written
@@ -340,6 +341,17 @@ def eval_lopt_figure(result: Mapping[str, Mapping[str, Any]], title: str = "") -
         _legend_outside(ax)
     ax_train.set_title(f"{title}: training loss" if title else "Training loss")
     ax_eval.set_title("Held-out loss (test solid, outer_valid dashed)")
+    return fig
+
+
+def meta_loss_figure(records: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
+    """`meta-opt meta-train`'s meta-loss (window mean) against meta-step."""
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    s = series(records, "meta_loss", x_key="step", break_on=None)
+    _draw(ax, s, "meta-loss", palette(1)[0])
+    _log_if_wide(ax, s.finite_y())
+    ax.set(xlabel="meta-step", ylabel="meta-loss (window mean)", title=title)
+    _legend_outside(ax)
     return fig
 
 
