@@ -21,30 +21,36 @@ def lag_rows(s: int, H: int, K: int) -> list[int]:
     return [(s - i) % K for i in range(H)]
 
 
-def scalar_coefficients(M: torch.Tensor, s: int, K: int) -> torch.Tensor:
-    """(K,) weights of the ring's rows in sum_i M_i w_{s-i} for a scalar controller:
-    M_i at row (s - i) % K. Built by rolling [M_{H-1}, ..., M_0, 0, ...] so that no index
-    tensor has to travel to the device."""
-    H = M.shape[0]
-    padded = torch.nn.functional.pad(M.flip(0), (0, K - H))
-    return torch.roll(padded, shifts=(s - H + 1) % K)
+def ring_runs(start: int, count: int, K: int) -> list[tuple[int, int, int]]:
+    """The rows (start + j) % K, j < count, of a K-row ring as at most two contiguous runs
+    `(first_row, end_row, j_of_first_row)`, so they are read as slices, not gathered."""
+    start %= K
+    first = min(count, K - start)
+    runs = [(start, start + first, 0)]
+    if first < count:
+        runs.append((0, count - first, first))
+    return runs
 
 
 def control(M: torch.Tensor, W: torch.Tensor, s: int) -> torch.Tensor:
-    """sum_{i<H} M_i * w_{s-i}, read from ring W (rows already cast to M's dtype)."""
+    """sum_{i<H} M_i * w_{s-i}, read from ring W (in M's dtype); reads only the H rows."""
     H, K = M.shape[0], W.shape[0]
-    rows = lag_rows(s, H, K)
-    if M.ndim == 1:
-        # One vector-matrix product reads W once; the other K - H rows get weight 0.
-        return scalar_coefficients(M, s, K) @ W
-    if M.ndim == 2:
+    if M.ndim == 2:  # one fused multiply-add per lag, no (H, n) temporary
+        rows = lag_rows(s, H, K)
         out = M[0] * W[rows[0]]
         for i in range(1, H):
             out = out.addcmul_(M[i], W[rows[i]])
         return out
-    out = M[0] @ W[rows[0]]
-    for i in range(1, H):
-        out = out.addmv_(M[i], W[rows[i]])
+    # Oldest lag first: ring row (s - H + 1 + j) % K holds w_{s-(H-1-j)}, weighted M_{H-1-j}.
+    weights = M.flip(0)
+    out = None
+    for lo, hi, j in ring_runs(s - H + 1, H, K):
+        w_j, rows = weights[j:j + hi - lo], W[lo:hi]
+        if M.ndim == 1:
+            out = w_j @ rows if out is None else out.addmv_(rows.t(), w_j)
+        else:
+            term = torch.einsum("jab,jb->a", w_j, rows)
+            out = term if out is None else out.add_(term)
     return out
 
 

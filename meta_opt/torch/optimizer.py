@@ -249,22 +249,25 @@ class MetaOpt(torch.optim.Optimizer):
         due = self.learn and t >= H + HH
         if due:
             cost, grad_M, y_end = self._rollout(Wc, t, cost_fn, lagged, lag_next)
+            grad_M_summary = ctrl.summary(grad_M)
 
         meta_ok = True
         if self.skip_nonfinite:
-            flags = [torch.isfinite(g).all()]
-            if due:
-                flags.append(torch.isfinite(cost) & torch.isfinite(grad_M).all())
-            ok = torch.stack(flags).tolist()  # the one device-to-host read of the step
-            if not ok[0]:
+            # min and max are NaN / infinite iff some entry is: one pass instead of isfinite's
+            # three, and one device-to-host read for all checks.
+            checks = torch.stack(torch.aminmax(g))
+            if due:  # a sum is non-finite iff an entry is (or it overflows: skip that too)
+                checks = torch.cat([checks, cost.to(cdt).view(1), grad_M_summary])
+            ok = torch.isfinite(checks).tolist()
+            if not (ok[0] and ok[1]):
                 hist.nonfinite_grad_steps += 1
                 return loss
-            meta_ok = ok[-1]
+            meta_ok = all(ok[2:])
 
         shift = None
         if due and meta_ok:
             self._update_controller(grad_M)
-            hist.grad_M = ctrl.summary(grad_M).to(cdt)
+            hist.grad_M = grad_M_summary.to(cdt)
             hist.gpc_cost = cost.to(cdt)
             hist.gpc_cost_valid = 1.0
             if not self.counterfactual:
@@ -315,10 +318,9 @@ class MetaOpt(torch.optim.Optimizer):
 
     def _update_controller(self, grad_M: torch.Tensor) -> None:
         """One step of the controller's optimizer on grad_M (clipped), then the projection."""
-        if self.meta_grad_clip is not None:
+        if self.meta_grad_clip is not None:  # optax.clip_by_global_norm, in place
             norm = torch.linalg.vector_norm(grad_M)
-            grad_M = torch.where(norm < self.meta_grad_clip, grad_M,
-                                 grad_M / norm * self.meta_grad_clip)
+            grad_M = grad_M.mul_(torch.clamp(self.meta_grad_clip / norm, max=1.0))
         M = self.controller
         M.grad = grad_M.to(M.dtype)
         with torch.enable_grad():  # some optimizers check grad mode
@@ -328,15 +330,9 @@ class MetaOpt(torch.optim.Optimizer):
 
     def _played_update(self, Wc, t, x, w, eta) -> torch.Tensor:
         """-lambda x_t - eta_t w_t + sum_i M_i * w_{t-i} (w_t already in the ring)."""
-        M = self.controller
-        if M.ndim == 1:
-            # One pass over the ring, the decay folded into the same product.
-            coef = ctrl.scalar_coefficients(M, t, self.K)
-            u = torch.addmv(x, Wc.t(), coef, beta=-self.weight_decay)
-        else:
-            u = ctrl.control(M, Wc, t)
-            if self.weight_decay:
-                u.add_(x, alpha=-self.weight_decay)
+        u = ctrl.control(self.controller, Wc, t)
+        if self.weight_decay:
+            u.add_(x, alpha=-self.weight_decay)
         if eta:
             u.add_(w, alpha=-eta)
         return u
@@ -353,6 +349,11 @@ class MetaOpt(torch.optim.Optimizer):
         return self.history.learning_rates[s % self.HH]
 
     # ---- state, episodes, controller files, metrics ----------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """All attributes (torch's optimizers pickle only defaults, state and groups), so
+        `copy.deepcopy` and pickling keep the histories and the controller."""
+        return dict(self.__dict__)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything `load_state_dict` needs to continue exactly: the histories (tensors
         by reference, as torch optimizers do: `copy.deepcopy` or `torch.save` it to keep a

@@ -69,7 +69,7 @@ class Rollouts:
         key = (name, t % self.K)
         if key not in self._cache:
             self._cache[key] = torch.as_tensor(
-                build(), dtype=self.dtype if name != "lag_index" else torch.long,
+                build(), dtype=self.dtype,
                 device=self.layout.device,
             )
         return self._cache[key]
@@ -98,12 +98,6 @@ class Rollouts:
 
         return self._cached("selector", t, build)
 
-    def _lag_index(self, t: int) -> torch.Tensor:
-        """(H * HH,) ring rows of w_{s_k - i}, ordered [i, k]."""
-        return self._cached("lag_index", t, lambda: [
-            (s - i) % self.K for i in range(self.H) for s in self._steps(t)
-        ])
-
     # ---- the two rollouts -------------------------------------------------------------
     def fake(
         self, M: torch.Tensor, W: torch.Tensor, x0: torch.Tensor, t: int,
@@ -131,10 +125,11 @@ class Rollouts:
         y = start.clone()
         for r, c in base:
             y.sub_(W[r], alpha=c)
-        if M.ndim == 2:
-            y = y.add_((M * Z).sum(dim=0))
-        else:
-            y = y.add_(torch.einsum("hij,hj->i", M, Z))
+        for i in range(self.H):  # fused multiply-adds, no (H, n) temporary
+            if M.ndim == 2:
+                y.addcmul_(M[i], Z[i])
+            else:
+                y.addmv_(M[i], Z[i])
         cost, gy = value_and_grad(cost_fn, self.layout, y)
         gM = Z * gy if M.ndim == 2 else gy[None, :, None] * Z[:, None, :]
         return cost, gM, y
@@ -160,23 +155,28 @@ class Rollouts:
           recorded_first: step k = 0 plays the recorded w_{t-HH} (exact: y_0 = x_{t-HH}
             is where g_{t-HH} was taken with the cost f_{t-HH}); False recomputes it too.
         """
-        controls = []
+        steps = self._steps(t)
+        if M.ndim == 1:
+            # All HH control terms in one pass over W: row k weighs ring row r by M_i
+            # wherever r holds w_{s_k - i}.
+            U = torch.einsum("i,ikr->kr", M, self._lag_selector(t)) @ W
+        else:
+            U = torch.stack([control(M, W, s) for s in steps])
+        # Separate leaves (not U[k] of one leaf, whose backward fills a zero (HH, n) per k):
+        # dC/du_k are the adjoints lambda_k.
+        controls = [u.requires_grad_() for u in U.unbind()]
         with torch.enable_grad():
             y, ts = x0, transform_state
-            for k, s in enumerate(self._steps(t)):
+            for k, s in enumerate(steps):
                 if k == 0 and recorded_first:
                     v = W[s % self.K]
                 else:
                     _, g = value_and_grad(cost_of_step(s), self.layout, y,
                                           create_graph=y.requires_grad)
                     v, ts = transform.apply(g, ts)
-                u = control(M, W, s).requires_grad_()
-                controls.append(u)
-                y = (self.decay * y if self.decay != 1.0 else y) - self.lr_at(s) * v + u
+                y = (self.decay * y if self.decay != 1.0 else y) - self.lr_at(s) * v + controls[k]
             cost = cost_fn(self.layout.unflatten(y))
-            lambdas = torch.stack(
-                torch.autograd.grad(cost, controls, allow_unused=True, materialize_grads=True)
-            )
+            lambdas = torch.stack(torch.autograd.grad(cost, controls))
         return cost.detach(), self.controller_gradient(M, W, lambdas, t), y.detach()
 
     def controller_gradient(
@@ -186,7 +186,12 @@ class Rollouts:
         if M.ndim == 1:
             # lambda_k . w_r for every ring row r in one pass over W, then pick the rows.
             return torch.einsum("kr,ikr->i", lambdas @ W.t(), self._lag_selector(t))
-        R = W.index_select(0, self._lag_index(t)).view(self.H, self.HH, -1)
-        if M.ndim == 2:
-            return (R * lambdas).sum(dim=1)
-        return torch.einsum("kn,ikm->inm", lambdas, R)
+        gM = torch.zeros_like(M)
+        for k, s in enumerate(self._steps(t)):
+            for i in range(self.H):
+                w = W[(s - i) % self.K]
+                if M.ndim == 2:
+                    gM[i].addcmul_(lambdas[k], w)
+                else:
+                    gM[i].addr_(lambdas[k], w)
+        return gM
