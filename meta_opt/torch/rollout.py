@@ -165,6 +165,23 @@ class Rollouts:
         # Separate leaves (not U[k] of one leaf, whose backward fills a zero (HH, n) per k):
         # dC/du_k are the adjoints lambda_k.
         controls = [u.requires_grad_() for u in U.unbind()]
+        try:
+            cost, lambdas, y = self._unroll(W, x0, steps, controls, cost_fn, cost_of_step,
+                                            transform, transform_state, recorded_first)
+        except RuntimeError as err:
+            if "double backward" not in str(err) and "create_graph" not in str(err):
+                raise
+            raise RuntimeError(
+                "real rollouts differentiate through gradient evaluations (double backward), "
+                f"which this cost function does not support ({err}); torch.compile'd models "
+                "cannot: pass the uncompiled module to make_cost_fn, or use "
+                "fake_the_dynamics=True"
+            ) from err
+        return cost, self.controller_gradient(M, W, lambdas, t), y
+
+    def _unroll(self, W, x0, steps, controls, cost_fn, cost_of_step, transform,
+                transform_state, recorded_first):
+        """C = f_t(y_HH) along the recomputed path, and dC/du_k for the controls u_k."""
         with torch.enable_grad():
             y, ts = x0, transform_state
             for k, s in enumerate(steps):
@@ -174,10 +191,11 @@ class Rollouts:
                     _, g = value_and_grad(cost_of_step(s), self.layout, y,
                                           create_graph=y.requires_grad)
                     v, ts = transform.apply(g, ts)
-                y = (self.decay * y if self.decay != 1.0 else y) - self.lr_at(s) * v + controls[k]
+                decayed = self.decay * y if self.decay != 1.0 else y
+                y = decayed - self.lr_at(s) * v + controls[k]
             cost = cost_fn(self.layout.unflatten(y))
             lambdas = torch.stack(torch.autograd.grad(cost, controls))
-        return cost.detach(), self.controller_gradient(M, W, lambdas, t), y.detach()
+        return cost.detach(), lambdas, y.detach()
 
     def controller_gradient(
         self, M: torch.Tensor, W: torch.Tensor, lambdas: torch.Tensor, t: int

@@ -11,7 +11,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 from metaopt_twins import Problem, run_jax, run_torch
 
 STEPS = 40

@@ -100,7 +100,7 @@ def test_episode_reset_keeps_controller_and_its_optimizer_state():
 
 def test_reset_refuses_another_model():
     opt = MetaOpt([torch.zeros(3, requires_grad=True)])
-    with pytest.raises(ValueError, match=r"new params have shapes \[\(4,\)\].*built for \[\(3,\)\]"):
+    with pytest.raises(ValueError, match=r"new params have shapes \[\(4,\)\].*for \[\(3,\)\]"):
         opt.reset_for_new_episode([torch.zeros(4, requires_grad=True)])
 
 
