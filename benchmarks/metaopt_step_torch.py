@@ -3,11 +3,13 @@
 The setting of `metaopt_step.py`: digits MLP 64-1024-10 (sklearn's 8x8 digits), batch 128,
 softmax cross-entropy, MetaOpt with H=8, HH=4, raw-gradient disturbances, base lr 0.1,
 scalar / diagonal controllers, fake / real rollouts. A torch step is the usual loop
-(zero_grad, forward, backward, `opt.step(cost_fn)`); a JAX step is the jitted, donated
-step of `metaopt_step.py`. Torch and JAX configurations are interleaved over several
-rounds so all see the same machine drift; each round records every configuration's median
-step time, and the table reports the median over rounds of the ratio to the same side's
-SGD (and the ratio of the fastest single steps, less sensitive to a loaded machine).
+(zero_grad, forward, backward, `opt.step(cost_fn)`). The torch configurations are
+interleaved over several rounds so all see the same machine drift; each round records
+every configuration's median step time, and the table reports the median over rounds of
+the ratio to torch SGD (and the ratios of the fastest single steps and of process CPU
+time, both less sensitive to a loaded machine). The JAX columns come from
+`metaopt_step.py`, run in a child process just before (in one process, XLA's and torch's
+thread pools compete for the same cores).
 
 Run: python benchmarks/metaopt_step_torch.py [--rounds 7] [--steps 30] [--device cpu]
      [--threads N] [--no-jax]
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -26,10 +29,7 @@ from sklearn.datasets import load_digits
 
 from meta_opt.torch import MetaOpt, make_cost_fn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import metaopt_step as jax_bench  # noqa: E402  (the JAX benchmark beside this file)
-
-H, HH, BATCH, HIDDEN = jax_bench.H, jax_bench.HH, jax_bench.BATCH, jax_bench.HIDDEN
+H, HH, BATCH, HIDDEN = 8, 4, 128, 1024  # as in metaopt_step.py
 MODES = [(m, fake) for m in ("scalar", "diagonal") for fake in (True, False)]
 
 
@@ -79,42 +79,25 @@ def torch_runner(name: str, batches, device: str):
     return step, opt
 
 
-def jax_runner(name: str, jax_batches):
-    """The JAX benchmark's jitted step for configuration `name`, as a function of no args."""
-    import jax
-    import optax
-
-    from meta_opt.optimizers import make_cost_fn as jax_cost_fn
-    from meta_opt.optimizers import metaopt
-
-    if name == "SGD":
-        tx, needs_cost = optax.sgd(0.1), False
-    else:
-        m_method, fake = next((m, f) for m, f in MODES if mode_name(m, f) == name)
-        tx = metaopt(0.1, scale_by_adam_betas=None, H=H, HH=HH, m_method=m_method,
-                     fake_the_dynamics=fake, meta_optimizer=optax.sgd(1e-4),
-                     example_cost_fn=jax_cost_fn(jax_bench.loss_fn, jax_batches[0]))
-        needs_cost = True
-    step_fn = jax_bench.make_step(tx, needs_cost)
-    params = jax_bench.init_params(jax.random.PRNGKey(0))
-    carry = [params, tx.init(params), 0]
-
-    def step():
-        params, state, i = carry
-        params, state, loss = step_fn(params, state, jax_batches[i % len(jax_batches)])
-        carry[:] = [params, state, i + 1]
-        return loss
-
-    return step
+def sync(loss: torch.Tensor) -> torch.Tensor:
+    """Waits for the step's device work (a no-op on CPU)."""
+    if loss.is_cuda:
+        torch.cuda.synchronize()
+    return loss
 
 
-def sync(loss) -> None:
-    """Waits for the step's device work (torch CUDA, or a JAX array)."""
-    if isinstance(loss, torch.Tensor):
-        if loss.is_cuda:
-            torch.cuda.synchronize()
-    else:
-        loss.block_until_ready()
+def jax_ratios(rounds: int, steps: int) -> dict[str, tuple[float, float, float]]:
+    """{config: (ms per step, x SGD, x SGD(min))} from the JAX benchmark's table."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metaopt_step.py")
+    out = subprocess.run([sys.executable, script, "--rounds", str(rounds), "--steps",
+                          str(steps)], capture_output=True, text=True, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        name = line[:22].strip()
+        if name == "SGD" or name.startswith("MetaOpt"):
+            fields = line[22:].split()  # ms, x SGD, range, x SGD(min), state MB, x minimum
+            rows[name] = (float(fields[0]), float(fields[1]), float(fields[3]))
+    return rows
 
 
 def main() -> None:
@@ -137,54 +120,49 @@ def main() -> None:
     batches = [(torch.as_tensor(x[i], device=args.device),
                 torch.as_tensor(y[i], device=args.device)) for i in idx]
     names = ["SGD"] + [mode_name(m, f) for m, f in MODES]
+    jax_rows = {} if args.no_jax else jax_ratios(args.rounds, args.steps)
 
-    runners = {}
-    for name in names:
-        runners[("torch", name)], _ = torch_runner(name, batches, args.device)
-    if not args.no_jax:
-        import jax.numpy as jnp
-
-        jax_batches = [{"image": jnp.asarray(x[i]), "label": jnp.asarray(y[i], jnp.int32)}
-                       for i in idx]
-        for name in names:
-            runners[("jax", name)] = jax_runner(name, jax_batches)
-    for run in runners.values():  # compile / warm up past the controller's warm-up
+    runners = {name: torch_runner(name, batches, args.device)[0] for name in names}
+    for run in runners.values():  # warm up past the controller's warm-up
         for _ in range(H + HH + 3):
             loss = run()
         sync(loss)
-
-    times = {key: [] for key in runners}
-    fastest = {key: float("inf") for key in runners}
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
+    fastest = {name: float("inf") for name in names}
     for _ in range(args.rounds):
-        for key, run in runners.items():
-            per_step = []
+        for name, run in runners.items():
+            per_step, per_step_cpu = [], []
             for _ in range(args.steps):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 sync(run())
                 per_step.append(time.perf_counter() - t0)
-            times[key].append(float(np.median(per_step)))
-            fastest[key] = min(fastest[key], min(per_step))
+                per_step_cpu.append(time.process_time() - c0)
+            times[name].append(float(np.median(per_step)))
+            cpu_times[name].append(float(np.median(per_step_cpu)))
+            fastest[name] = min(fastest[name], min(per_step))
 
     n = sum(p.numel() for p in make_model("cpu").parameters())
     print(f"digits MLP 64-{HIDDEN}-10, n = {n} params, batch {BATCH}, H={H}, HH={HH}, "
           f"{args.rounds} rounds x {args.steps} steps, torch {torch.__version__} on "
           f"{args.device} ({torch.get_num_threads()} threads)")
-    header = f"{'optimizer':<22} {'torch ms':>9} {'x SGD':>7} {'x SGD(min)':>10}"
-    if not args.no_jax:
+    header = f"{'optimizer':<22} {'torch ms':>9} {'x SGD':>7} {'x SGD(min)':>10} {'x SGD(cpu)':>10}"
+    if jax_rows:
         header += f" {'jax ms':>8} {'jax x SGD':>9} {'jax x SGD(min)':>14}"
     print(header)
+    sgd, sgd_cpu = np.asarray(times["SGD"]), np.asarray(cpu_times["SGD"])
     for name in names:
-        line = ""
-        for side in ("torch",) if args.no_jax else ("torch", "jax"):
-            ts = np.asarray(times[(side, name)])
-            ratio = np.median(ts / np.asarray(times[(side, "SGD")]))
-            fast = fastest[(side, name)] / fastest[(side, "SGD")]
-            width = (9, 7, 10) if side == "torch" else (8, 9, 14)
-            line += (f" {1e3 * np.median(ts):{width[0]}.2f} {ratio:{width[1]}.2f}"
-                     f" {fast:{width[2]}.2f}")
-        print(f"{name:<22}{line}")
+        ts, cpu = np.asarray(times[name]), np.asarray(cpu_times[name])
+        line = (f"{name:<22} {1e3 * np.median(ts):9.2f} {np.median(ts / sgd):7.2f} "
+                f"{fastest[name] / fastest['SGD']:10.2f} {np.median(cpu / sgd_cpu):10.2f}")
+        if name in jax_rows:
+            ms, ratio, fast = jax_rows[name]
+            line += f" {ms:8.2f} {ratio:9.2f} {fast:14.2f}"
+        print(line)
     print("x SGD: median over rounds of (median step time / the same side's SGD in the same "
-          "round); x SGD(min): ratio of the fastest single steps")
+          "round); x SGD(min): ratio of the fastest single steps; x SGD(cpu): the same with "
+          "process CPU time, which preemption on a loaded machine does not inflate "
+          "(meaningful for one torch thread on CPU)")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,17 @@ class Rollouts:
 
         return self._cached("affine", t, build)
 
+    def _base_weights(self, t: int) -> torch.Tensor:
+        """b (K,): the base steps' weights c_k eta_{s_k} at the rows of w_{s_k}. The learning
+        rates change with t, so it is built each step (pinned and copied without waiting
+        for the device on GPUs)."""
+        b = [0.0] * self.K
+        for k, s in enumerate(self._steps(t)):
+            b[s % self.K] += self.decay ** (self.HH - 1 - k) * self.lr_at(s)
+        device = self.layout.device
+        host = torch.tensor(b, dtype=self.dtype, pin_memory=device.type == "cuda")
+        return host.to(device, non_blocking=True)
+
     def _lag_selector(self, t: int) -> torch.Tensor:
         """(H, HH, K) one-hot: entry [i, k, r] = 1 where ring row r holds w_{s_k - i}."""
 
@@ -110,21 +121,16 @@ class Rollouts:
         for scalar lags is A @ (W @ grad f_t(y_HH)): a couple of passes over W instead of
         H * HH row operations."""
         A = self._affine_weights(t)
-        steps = self._steps(t)
-        base = [(s % self.K, self.decay ** (self.HH - 1 - k) * self.lr_at(s))
-                for k, s in enumerate(steps)]
+        b = self._base_weights(t)
         start = x0 * self.decay**self.HH if self.decay != 1.0 else x0
         if M.ndim == 1:
-            coef = M @ A
-            for r, c in base:
-                coef[r] -= c
+            coef = torch.addmv(b, A.t(), M, beta=-1.0)  # M @ A - b
             y = torch.addmv(start, W.t(), coef)
             cost, gy = value_and_grad(cost_fn, self.layout, y)
             return cost, A @ (W @ gy), y
-        Z = A @ W
-        y = start.clone()
-        for r, c in base:
-            y.sub_(W[r], alpha=c)
+        Zb = torch.cat([A, b[None]]) @ W  # Z and b @ W in one pass over W
+        Z = Zb[: self.H]
+        y = start - Zb[self.H]
         for i in range(self.H):  # fused multiply-adds, no (H, n) temporary
             if M.ndim == 2:
                 y.addcmul_(M[i], Z[i])
