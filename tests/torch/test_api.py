@@ -192,3 +192,15 @@ def test_compiled_model_works_with_fake_rollouts_and_real_ones_say_why_not():
     with pytest.raises(RuntimeError, match="fake_the_dynamics=True"):
         _train(net, opt, batches)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("m_method", ["scalar", "diagonal", "full"])
+def test_initial_controller_is_projected_onto_the_ball(m_method):
+    """M_0 = -0.5 (times I) with radius 0.1: |M_0| -> 0.1 (scalar), entries -> -0.1
+    (diagonal), M_0 scaled to Frobenius norm 0.1 (full)."""
+    opt = MetaOpt([torch.zeros(4)], m_method=m_method, initial_m0=-0.5, max_gpc_norm=0.1)
+    M0 = opt.controller[0]
+    expected = {"scalar": torch.tensor(-0.1), "diagonal": torch.full((4,), -0.1),
+                "full": -0.05 * torch.eye(4)}[m_method]
+    torch.testing.assert_close(M0, expected)
+    assert float(opt.controller[1:].abs().sum()) == 0.0
