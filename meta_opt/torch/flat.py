@@ -51,8 +51,11 @@ class FlatLayout:
                 zip(vec.split(self.sizes), self.shapes, strict=True)]
 
     def unflatten(self, vec: torch.Tensor) -> Any:
-        """The views of `vec` in the container cost functions receive (list or dict)."""
+        """`vec` shaped as the parameters, in their dtype (MetaOpt computes in at least
+        float32), in the container cost functions receive (list or dict)."""
         views = self.views(vec)
+        if vec.dtype != self.dtype:  # differentiable casts, e.g. to bfloat16 params
+            views = [v.to(self.dtype) for v in views]
         return views if self.names is None else dict(zip(self.names, views, strict=True))
 
     def container(self, tensors: Sequence[torch.Tensor]) -> Any:

@@ -204,3 +204,13 @@ def test_initial_controller_is_projected_onto_the_ball(m_method):
                 "full": -0.05 * torch.eye(4)}[m_method]
     torch.testing.assert_close(M0, expected)
     assert float(opt.controller[1:].abs().sum()) == 0.0
+
+
+def test_bfloat16_model_is_evaluated_in_its_own_dtype():
+    """Rollouts compute in float32 but hand the cost function bfloat16 parameters."""
+    model = _mlp(torch.bfloat16)
+    opt = MetaOpt(model.parameters(), base_learning_rate=0.1, H=2, HH=2)
+    losses = _train(model, opt, _batches(8, torch.bfloat16))
+    assert opt.history.gpc_cost_valid == 1.0 and np.isfinite(losses).all()
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert opt.controller.dtype == torch.float32
