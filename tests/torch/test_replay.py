@@ -47,3 +47,24 @@ def test_rollout_replays_history_when_controller_fixed(m_method, fake):
                                        atol=1e-13)
     assert opt.history.gpc_cost_valid == 1.0 and STEPS > H + HH
     assert torch.count_nonzero(opt.history.grad_M) > 0, "meta-gradients flowed, lr was 0"
+
+
+def test_rollouts_replay_the_rates_a_torch_lr_scheduler_played():
+    """A torch LR scheduler changes param_groups[0]["lr"]; real rollouts replay each past
+    step with the rate it was played with, so the replay stays exact."""
+    problem = Problem("quartic", STEPS)
+    params = problem.torch_params()
+    opt = torch_metaopt({"H": H, "HH": HH, "meta_lr": 0.0, "scale_by_adam_betas": (0.9, 0.99),
+                         "initial_gpc_params": _M("scalar", problem.num_params)}, params)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    rates = set()
+    for s in range(STEPS):
+        cost_fn = problem.torch_costs[s]
+        with torch.no_grad():
+            cost_at_x = float(cost_fn(params))
+        rates.add(opt.param_groups[0]["lr"])
+        opt.step(cost_fn)
+        schedule.step()
+        if s >= H + HH:
+            np.testing.assert_allclose(float(opt.history.gpc_cost), cost_at_x, rtol=1e-12)
+    assert len(rates) == STEPS
