@@ -211,26 +211,7 @@ class MetaOpt(torch.optim.Optimizer):
         """
         layout, hist, H, HH, K = self._layout, self.history, self.H, self.HH, self.K
         params = self.param_groups[0]["params"]
-        grads = [p.grad for p in params]
-        loss = None
-        if all(g is None for g in grads):
-            if cost_fn is None:
-                raise ValueError(
-                    "MetaOpt.step found no gradients (.grad is None for every parameter) and no "
-                    "cost_fn: call loss.backward() first, or pass step(cost_fn) with "
-                    "cost_fn(params) -> loss (e.g. meta_opt.torch.make_cost_fn(model, loss_fn, "
-                    "inputs, targets))"
-                )
-            with torch.enable_grad():
-                loss = cost_fn(layout.container(params))
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-            loss = loss.detach()
-        elif self.learn and cost_fn is None:
-            raise ValueError(
-                "MetaOpt.step needs the loss as step(cost_fn) with cost_fn(params) -> loss "
-                "(e.g. meta_opt.torch.make_cost_fn(model, loss_fn, inputs, targets)) to learn "
-                "the controller; only freeze_gpc_params=True runs without it"
-            )
+        grads, loss = self._gradient(params, cost_fn)
         cdt = self.compute_dtype
         x = layout.flatten(params).to(cdt)
         g = layout.flatten(grads).to(cdt)
@@ -283,6 +264,41 @@ class MetaOpt(torch.optim.Optimizer):
         if shift is not None:
             u.add_(shift)
 
+        self._record(t, x, g, cost_fn, eta, t_state, lag_next)
+        views = layout.views(u)
+        if views[0].dtype != layout.dtype:
+            views = [v.to(layout.dtype) for v in views]
+        torch._foreach_add_(params, views)
+        return loss
+
+    def _gradient(self, params, cost_fn):
+        """This step's gradient (the params' .grad, or that of cost_fn) and the loss if it
+        was computed here."""
+        grads = [p.grad for p in params]
+        if any(g is not None for g in grads):
+            if self.learn and cost_fn is None:
+                raise ValueError(
+                    "MetaOpt.step needs the loss as step(cost_fn) with cost_fn(params) -> loss "
+                    "(e.g. meta_opt.torch.make_cost_fn(model, loss_fn, inputs, targets)) to "
+                    "learn the controller; only freeze_gpc_params=True runs without it"
+                )
+            return grads, None
+        if cost_fn is None:
+            raise ValueError(
+                "MetaOpt.step found no gradients (.grad is None for every parameter) and no "
+                "cost_fn: call loss.backward() first, or pass step(cost_fn) with "
+                "cost_fn(params) -> loss (e.g. meta_opt.torch.make_cost_fn(model, loss_fn, "
+                "inputs, targets))"
+            )
+        with torch.enable_grad():
+            loss = cost_fn(self._layout.container(params))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return grads, loss.detach()
+
+    def _record(self, t, x, g, cost_fn, eta, t_state, lag_next) -> None:
+        """Writes step t into the histories (after the rollout, which reads step t-HH from
+        the rows step t overwrites) and advances the step count."""
+        hist, HH = self.history, self.HH
         if hist.param_history is not None:
             hist.param_history[t % HH].copy_(x)
         if hist.grad_history is not None:
@@ -294,11 +310,6 @@ class MetaOpt(torch.optim.Optimizer):
         hist.learning_rates[t % HH] = eta
         hist.learning_rate = eta
         hist.step = t + 1
-        views = layout.views(u)
-        if views[0].dtype != layout.dtype:
-            views = [v.to(layout.dtype) for v in views]
-        torch._foreach_add_(params, views)
-        return loss
 
     def _rollout(self, Wc, t, cost_fn, lagged, lag_next):
         """C(M), grad_M C(M) and y_HH at step t (fake or real rollout)."""
@@ -323,8 +334,7 @@ class MetaOpt(torch.optim.Optimizer):
             grad_M = grad_M.mul_(torch.clamp(self.meta_grad_clip / norm, max=1.0))
         M = self.controller
         M.grad = grad_M.to(M.dtype)
-        with torch.enable_grad():  # some optimizers check grad mode
-            self.meta_optimizer.step()
+        self.meta_optimizer.step()
         M.grad = None
         ctrl.project_(M, self.max_gpc_norm)
 

@@ -34,7 +34,7 @@ def _transform(g, state, adam, clip):
     """T: clip to global norm `clip` (the branch is locally constant), then Adam scaling."""
     if clip is not None:
         norm = torch.linalg.vector_norm(g)
-        if float(norm) >= clip:
+        if float(norm.detach()) >= clip:
             g = g / norm * clip
     if not adam:
         return g, state
