@@ -58,10 +58,14 @@ def test_controller_saved_by_jax_plays_the_same_updates_in_torch(tmp_path):
                               example_cost_fn=problem.jax_costs[0])
         params = [jnp.asarray(p) for p in problem.params0]
         state = tx.init(params)
-        for s in range(STEPS):
-            f = problem.jax_costs[s]
+
+        @jax.jit
+        def step(params, state, f):
             updates, state = tx.update(jax.grad(f)(params), state, params, cost_fn=f)
-            params = optax.apply_updates(params, updates)
+            return optax.apply_updates(params, updates), state
+
+        for s in range(STEPS):
+            params, state = step(params, state, problem.jax_costs[s])
         file = jax_side.save_controller(tmp_path, state)
         M = np.asarray(state.M)
     np.testing.assert_array_equal(load_controller(file)["M"], M)
