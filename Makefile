@@ -14,6 +14,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# The dev extra pins torch==2.13.0 (for meta_opt.torch's tests): the CPU build on the build
+# machines' disk; a newer torch would download a multi-GB CUDA build.
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed

@@ -515,3 +515,9 @@ class MetaOptConfig(OptimizerConfig):
             initial_m0=self.initial_m0,
         )
 
+    def make_torch(self, params: Any, **kwargs: Any) -> Any:
+        """The PyTorch MetaOpt (`meta_opt.torch.MetaOpt`) over `params` with these
+        hyperparameters; `kwargs` override MetaOpt arguments. Needs torch installed."""
+        from meta_opt.torch import metaopt_from_config
+
+        return metaopt_from_config(self, params, **kwargs)
