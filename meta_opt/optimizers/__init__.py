@@ -25,7 +25,7 @@ from meta_opt.optimizers.config import (
     register_optimizer,
     register_schedule,
 )
-from meta_opt.optimizers.cost_fn import CostFn, make_cost_fn
+from meta_opt.optimizers.cost_fn import CostFn, MaskedCostFn, make_cost_fn, make_masked_cost_fn
 from meta_opt.optimizers.hypergradient import (
     AdamHDConfig,
     HypergradientState,
@@ -35,6 +35,7 @@ from meta_opt.optimizers.hypergradient import (
 )
 from meta_opt.optimizers.mechanic import MechanicState, mechanize
 from meta_opt.optimizers.metaopt import (
+    METAOPT_STATIC_ARGS,
     MetaOptConfig,
     MetaOptState,
     find_metaopt_state,
@@ -81,7 +82,10 @@ __all__ = [
     "MechanicState",
     "mechanize",
     "CostFn",
+    "MaskedCostFn",
     "make_cost_fn",
+    "make_masked_cost_fn",
+    "METAOPT_STATIC_ARGS",
     "MetaOptConfig",
     "MetaOptState",
     "find_metaopt_state",
