@@ -88,7 +88,10 @@ __all__ = [
     "METAOPT_STATIC_ARGS",
     "MetaOptConfig",
     "MetaOptState",
+    "MetaOptTrainState",
+    "NnxCostFn",
     "find_metaopt_state",
+    "make_nnx_cost_fn",
     "load_controller",
     "metaopt",
     "reset_for_new_episode",
@@ -113,3 +116,14 @@ __all__ = [
     "register_schedule",
     "to_optax",
 ]
+
+# The flax integration imports flax.nnx and flax.training (~0.2 s), so it loads on first use.
+_FLAX_INTEGRATION = ("MetaOptTrainState", "NnxCostFn", "make_nnx_cost_fn")
+
+
+def __getattr__(name: str):
+    if name in _FLAX_INTEGRATION:
+        from meta_opt.optimizers import flax_integration
+
+        return getattr(flax_integration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -605,6 +605,8 @@ def _static_int(name: str, value: Any, what: str) -> int:
 def _storage_dtype(dtype: Any) -> Any:
     """The histories' storage dtype, checked: a floating dtype."""
     try:
+        if isinstance(dtype, (jax.Array, np.ndarray)):
+            raise TypeError("an array is not a dtype")
         d = jnp.dtype(dtype)
     except TypeError:
         raise ValueError(f"dtype must be a floating dtype such as jnp.float32 or jnp.bfloat16, "
