@@ -222,7 +222,7 @@ def played_update(lags: Lags, disturbances: jax.Array, t: jax.Array, x: jax.Arra
     return -weight_decay * x - eta * w + control(lags, disturbances, t).astype(x.dtype)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: jit may key on tx.update
 class _MetaOpt:
     """One `metaopt` transformation: its static configuration, `init` and `update`."""
 
@@ -269,7 +269,7 @@ class _MetaOpt:
         t_state = self.spec.transform.init(jnp.zeros((n_pad,), cdtype))
         M = initial_controller(self.m_method, H, n, n_pad, self.initial_m0,
                                self.initial_gpc_params)
-        M = project(M.astype(cdtype), self.max_gpc_norm)  # float32, or float64 params' float64
+        M = project(M.astype(cdtype), self.max_gpc_norm)  # float32; float64 for float64 params
         ring = lambda rows: jnp.zeros((rows, n_pad), self.dtype)  # noqa: E731
         learn = self.learn
         state = MetaOptState(
