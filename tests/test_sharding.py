@@ -38,6 +38,21 @@ def loss_fn(params, batch):
     return jnp.mean((pred - batch["y"]) ** 2)
 
 
+def _assert_pinned(s, m_method):
+    """Per-parameter buffers split along "opt" (rings by columns), the rest replicated."""
+    opt_split, rows_split = PartitionSpec("opt"), PartitionSpec(None, "opt")
+    assert s.disturbances.sharding.spec == rows_split
+    assert s.param_history.sharding.spec == rows_split
+    assert s.grad_history.sharding.spec == rows_split
+    for t_state in (s.transform_state, s.lagged_transform_state):  # Adam's moments
+        adam = t_state[0]
+        assert adam.mu.sharding.spec == opt_split and adam.nu.sharding.spec == opt_split
+        assert adam.count.sharding.spec == PartitionSpec()
+    for scalar in (s.step, s.gpc_cost, s.nonfinite_grad_steps, s.learning_rate_history):
+        assert scalar.sharding.spec == PartitionSpec()
+    assert s.M.sharding.spec == (rows_split if m_method == "diagonal" else PartitionSpec())
+
+
 @pytest.mark.parametrize("m_method", ["scalar", "diagonal"])
 def test_sharded_metaopt_matches_unsharded(m_method):
     """n = 13 parameters (padded to 16 over 8 'opt' devices): the per-parameter buffers are
@@ -66,18 +81,13 @@ def test_sharded_metaopt_matches_unsharded(m_method):
     (p_ref, s_ref), u_ref = run(None)
     mesh = sharding.make_mesh(1, 8)
     (p, s), u = run(mesh)
+    tx = metaopt(0.05, H=2, HH=3, m_method=m_method, scale_by_adam_betas=(0.9, 0.99),
+                 meta_optimizer=optax.sgd(0.01), example_cost_fn=example, mesh=mesh)
+    for state in (s, tx.init(params)):  # init outside jit places its leaves as the step does
+        _assert_pinned(state, m_method)
+
     assert s.disturbances.shape == (5, 16) and s_ref.disturbances.shape == (5, 13)
-    opt_split, rows_split = PartitionSpec("opt"), PartitionSpec(None, "opt")
-    assert s.disturbances.sharding.spec == rows_split
-    assert s.param_history.sharding.spec == rows_split
-    assert s.grad_history.sharding.spec == rows_split
-    for t_state in (s.transform_state, s.lagged_transform_state):  # Adam's moments
-        adam = t_state[0]
-        assert adam.mu.sharding.spec == opt_split and adam.nu.sharding.spec == opt_split
-        assert adam.count.sharding.spec == PartitionSpec()
-    assert s.step.sharding.spec == PartitionSpec() and s.gpc_cost.sharding.spec == PartitionSpec()
     if m_method == "diagonal":
-        assert s.M.sharding.spec == PartitionSpec(None, "opt")
         assert not np.any(np.asarray(s.M)[:, 13:])  # padding stays exactly 0
     assert jax.tree.structure(u) == jax.tree.structure(u_ref)
     np.testing.assert_allclose(ravel_pytree(p)[0], ravel_pytree(p_ref)[0], atol=1e-6)

@@ -116,11 +116,13 @@ def test_inject_hyperparams_with_schedule_and_weight_decay_equals_plain_metaopt(
     np.testing.assert_allclose(got[-1][1].hyperparams["weight_decay"], 0.01)
 
 
-def test_injected_values_changed_mid_run_replay_exactly():
+@pytest.mark.parametrize("fake", [False, True])
+def test_injected_values_changed_mid_run_replay_exactly(fake):
     """With the controller fixed (meta lr 0) the rollout must replay history (C(M) =
     f_t(x_t)), also after base_learning_rate and weight_decay are changed through the
     injected hyperparameters: the rollout uses each replayed step's recorded values."""
-    kw = {**KW, "meta_optimizer": optax.sgd(0.0), "weight_decay": 0.01}
+    kw = {**KW, "meta_optimizer": optax.sgd(0.0), "weight_decay": 0.01,
+          "fake_the_dynamics": fake}
     tx = optax.inject_hyperparams(metaopt, static_args=METAOPT_STATIC_ARGS)(
         base_learning_rate=0.1, **kw)
     step = jax.jit(lambda p, s, batch: tx.update(jax.grad(loss_fn)(p, batch), s, p,
