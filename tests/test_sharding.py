@@ -48,7 +48,7 @@ def _assert_pinned(s, m_method):
         adam = t_state[0]
         assert adam.mu.sharding.spec == opt_split and adam.nu.sharding.spec == opt_split
         assert adam.count.sharding.spec == PartitionSpec()
-    for scalar in (s.step, s.gpc_cost, s.nonfinite_grad_steps, s.learning_rate_history):
+    for scalar in (s.step, s.num_params, s.gpc_cost, s.nonfinite_grad_steps):
         assert scalar.sharding.spec == PartitionSpec()
     assert s.M.sharding.spec == (rows_split if m_method == "diagonal" else PartitionSpec())
 

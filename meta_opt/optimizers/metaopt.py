@@ -180,11 +180,12 @@ def metaopt(
     # With eta == 0 the recomputed gradients never enter the rollout (y_{k+1} does not
     # depend on v_s), so real and fake rollouts coincide: compile the cheap one. Only a
     # Python number is known to be 0 here (an injected hyperparameter is an array).
-    zero_lr = (isinstance(base_learning_rate, (int, float, np.number))
-               and float(base_learning_rate) == 0.0)
+    zero_lr = _python_number(base_learning_rate) == 0.0
     spec = RolloutSpec(H=H, HH=HH, transform=transform,
                        real=learn and not fake_the_dynamics and not zero_lr,
-                       freeze_cost=bool(freeze_cost_fn_during_rollouts))
+                       freeze_cost=bool(freeze_cost_fn_during_rollouts),
+                       learning_rate=_python_number(base_learning_rate),
+                       weight_decay=_python_number(weight_decay))
     keeps_start_state = learn and spec.needs_start_transform_state
     impl = _MetaOpt(
         base_learning_rate=base_learning_rate,
@@ -277,8 +278,10 @@ class _MetaOpt:
             num_params=jnp.asarray(n, jnp.int32),
             disturbances=ring(self.rows),
             param_history=ring(HH) if learn else None,
-            learning_rate_history=jnp.zeros((HH,), cdtype) if learn else None,
-            weight_decay_history=jnp.zeros((HH,), cdtype) if learn else None,
+            learning_rate_history=(jnp.zeros((HH,), cdtype)
+                                   if learn and self.spec.records_learning_rates else None),
+            weight_decay_history=(jnp.zeros((HH,), cdtype)
+                                  if learn and self.spec.records_weight_decays else None),
             grad_history=ring(HH) if self.keeps_grads else None,
             cost_fn_history=self._empty_cost_history(),
             transform_state=t_state,
@@ -473,11 +476,11 @@ class _MetaOpt:
                 ok: jax.Array | None) -> dict[str, Any]:
         """Step t's entries in the histories that later rollouts read."""
         t, HH = state.step, self.spec.HH
-        fields = dict(
-            param_history=_write_step(state.param_history, t, x, ok),
-            learning_rate_history=_write_step(state.learning_rate_history, t, eta, ok),
-            weight_decay_history=_write_step(state.weight_decay_history, t, lam, ok),
-        )
+        fields = dict(param_history=_write_step(state.param_history, t, x, ok))
+        if self.spec.records_learning_rates:
+            fields["learning_rate_history"] = _write_step(state.learning_rate_history, t, eta, ok)
+        if self.spec.records_weight_decays:
+            fields["weight_decay_history"] = _write_step(state.weight_decay_history, t, lam, ok)
         if self.keeps_grads:
             fields["grad_history"] = _write_step(state.grad_history, t, g, ok)
             # T's state moves from step t-HH to t-HH+1 with the recorded g_{t-HH}, in every
@@ -519,6 +522,14 @@ class _MetaOpt:
                 for h, spec in zip(state.cost_fn_history, specs, strict=True))
         return state.replace(**changes)
 
+
+
+def _python_number(value: Any) -> float | None:
+    """`value` as a float if it is a Python (or numpy scalar) number, else None (a
+    schedule, or an array such as a hyperparameter injected by inject_hyperparams)."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _write_step(ring: jax.Array, t: jax.Array, value: jax.Array, ok: jax.Array | None

@@ -30,10 +30,10 @@ class MetaOptState:
       disturbances: (H + HH, n_pad) ring of w_s = T(g_s) in the state dtype (H rows when
         the controller is frozen).
       param_history: (HH, n_pad) ring of past flat params x_s, or None when frozen.
-      learning_rate_history: (HH,) ring of the played eta_s (M's dtype), or None when
-        frozen: rollouts replay these values (a schedule is not re-evaluated, and values
-        injected by `optax.inject_hyperparams` replay exactly).
-      weight_decay_history: (HH,) ring of the played lambda_s, or None when frozen.
+      learning_rate_history: (HH,) ring of the played eta_s (M's dtype) when eta varies (a
+        schedule, or a value injected by `optax.inject_hyperparams`): rollouts replay these
+        values. None when eta is a Python number or the controller is frozen.
+      weight_decay_history: (HH,) ring of the played lambda_s, likewise.
       grad_history: (HH, n_pad) ring of raw gradients g_s, kept only for real rollouts
         through a disturbance transform with state (Adam scaling), to advance
         `lagged_transform_state`; otherwise None.
