@@ -1,4 +1,4 @@
-"""MetaOpt's reductions, representability, learning and robustness (DESIGN section 5)."""
+"""MetaOpt's reductions, representability, learning and robustness (docs/metaopt.md)."""
 
 from __future__ import annotations
 

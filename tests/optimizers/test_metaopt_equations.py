@@ -99,7 +99,7 @@ def _run(tx, steps, batches):
 
 
 def reference_cost(M, xs, batches, t, fake, adam):
-    """C(M) from the DESIGN equations, by plain loops over the recorded trajectory."""
+    """C(M) from the documented equations, by plain loops over the recorded trajectory."""
     flat = [ravel_pytree(x)[0] for x in xs]
     unravel = ravel_pytree(xs[0])[1]
     f = [Cost(b) for b in batches]
