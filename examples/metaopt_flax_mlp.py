@@ -2,8 +2,9 @@
 
 Trains the same MLP with plain SGD and with MetaOpt (default config: Adam-scaled
 disturbances, base learning rate 0, a learned scalar controller over H=4 lags) for a few
-hundred full-batch-free steps inside one jitted `lax.scan` each, then prints the training
-loss along the way and the test accuracy.
+hundred minibatch steps inside one jitted `lax.scan` each, then prints the training
+loss along the way and the test accuracy. The loop is the usual flax one with
+`MetaOptTrainState`, whose `apply_gradients` forwards `cost_fn` to the optimizer.
 
 Run: python examples/metaopt_flax_mlp.py
 """
@@ -17,7 +18,7 @@ import numpy as np
 import optax
 from sklearn.datasets import load_digits
 
-from meta_opt.optimizers import MetaOptConfig, make_cost_fn
+from meta_opt.optimizers import MetaOptConfig, MetaOptTrainState, make_cost_fn
 
 STEPS, BATCH = 400, 128
 
@@ -39,19 +40,15 @@ def loss_fn(params, batch):
 
 def train(tx, params, batches):
     """One jitted scan over all steps; every optimizer gets `cost_fn` (others ignore it)."""
-    tx = optax.with_extra_args_support(tx)
 
-    def step(carry, batch):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    def step(state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         cost_fn = make_cost_fn(loss_fn, batch)  # the loss as a pytree callable
-        updates, opt_state = tx.update(grads, opt_state, params, cost_fn=cost_fn)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        return state.apply_gradients(grads=grads, cost_fn=cost_fn), loss
 
-    (params, opt_state), losses = jax.jit(
-        lambda p: jax.lax.scan(step, (p, tx.init(p)), batches)
-    )(params)
-    return params, opt_state, losses
+    state = MetaOptTrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    state, losses = jax.jit(lambda s: jax.lax.scan(step, s, batches))(state)
+    return state.params, state.opt_state, losses
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from meta_opt.optimizers.config import (
     register_optimizer,
     register_schedule,
 )
-from meta_opt.optimizers.cost_fn import CostFn, make_cost_fn
+from meta_opt.optimizers.cost_fn import CostFn, MaskedCostFn, make_cost_fn, make_masked_cost_fn
 from meta_opt.optimizers.hypergradient import (
     AdamHDConfig,
     HypergradientState,
@@ -35,6 +35,7 @@ from meta_opt.optimizers.hypergradient import (
 )
 from meta_opt.optimizers.mechanic import MechanicState, mechanize
 from meta_opt.optimizers.metaopt import (
+    METAOPT_STATIC_ARGS,
     MetaOptConfig,
     MetaOptState,
     find_metaopt_state,
@@ -99,10 +100,16 @@ __all__ = [
     "MechanicState",
     "mechanize",
     "CostFn",
+    "MaskedCostFn",
     "make_cost_fn",
+    "make_masked_cost_fn",
+    "METAOPT_STATIC_ARGS",
     "MetaOptConfig",
     "MetaOptState",
+    "MetaOptTrainState",
+    "NnxCostFn",
     "find_metaopt_state",
+    "make_nnx_cost_fn",
     "load_controller",
     "metaopt",
     "reset_for_new_episode",
@@ -145,3 +152,14 @@ __all__ = [
     "register_schedule",
     "to_optax",
 ]
+
+# The flax integration imports flax.nnx and flax.training (~0.2 s), so it loads on first use.
+_FLAX_INTEGRATION = ("MetaOptTrainState", "NnxCostFn", "make_nnx_cost_fn")
+
+
+def __getattr__(name: str):
+    if name in _FLAX_INTEGRATION:
+        from meta_opt.optimizers import flax_integration
+
+        return getattr(flax_integration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,22 +1,38 @@
-"""MetaOpt's building blocks: controller algebra, ring buffers, the disturbance transform.
+"""MetaOpt's controller: the lags M_i, their action on disturbances, and the meta step.
 
-Pure functions used by `metaopt.py`: applying the lags M_i of a scalar / diagonal / full
-controller, reading and writing the (rows, n) ring buffers of the state, projecting M onto
-its ball, the disturbance transform T (clip, Adam scaling) and the initial controller, and
-the gradient evaluation whose reverse-mode derivative is a forward-over-reverse
-Hessian-vector product (used by real rollouts).
+Pure functions over arrays: applying the lags of a scalar / diagonal / full controller to
+the disturbance ring, projecting M onto its ball, the initial controller, and the meta
+step that turns the rollout cost C(M) into the next M
+(`M <- Proj(M + meta_optimizer(clip(grad_M C(M))))`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from meta_opt.optimizers.metaopt_ring import row
 from meta_opt.optimizers.metaopt_state import M_METHODS, load_controller
+
+# M as the rollout differentiates it: the (H,) array of a scalar controller, or the tuple
+# of the H lags of a diagonal / full one (differentiating w.r.t. separate lags avoids a
+# zero-padded (H, n) cotangent for every use of every lag).
+Lags = jax.Array | tuple[jax.Array, ...]
+
+
+def split_lags(M: jax.Array) -> Lags:
+    """M as `Lags`: itself (scalar), or the tuple of its H lags (diagonal / full)."""
+    return M if M.ndim == 1 else tuple(M[i] for i in range(M.shape[0]))
+
+
+def join_lags(lags: Lags) -> jax.Array:
+    """The inverse of `split_lags`."""
+    return jnp.stack(lags) if isinstance(lags, tuple) else lags
 
 
 def apply_lag(M_i: jax.Array, w: jax.Array) -> jax.Array:
@@ -35,49 +51,20 @@ def sum_lags(M: tuple[jax.Array, ...], rows: list[jax.Array]) -> jax.Array:
     return out
 
 
-def row(buf: jax.Array, s: jax.Array) -> jax.Array:
-    """Row of ring buffer `buf` holding step s (rows never written are zeros)."""
-    return jax.lax.dynamic_index_in_dim(buf, jnp.mod(s, buf.shape[0]), keepdims=False)
+def control(lags: Lags, disturbances: jax.Array, s: jax.Array) -> jax.Array:
+    """The control term sum_{i<H} M_i * w_{s-i}, read from the disturbance ring, in M's dtype.
 
-
-def grad_hvp_transposed(loss_at: Any, f: Any, y: jax.Array) -> jax.Array:
-    """grad_y loss_at(f, y), whose reverse-mode derivative is a forward-over-reverse
-    Hessian-vector product.
-
-    The real rollout differentiates through gradient evaluations. By symmetry of the
-    Hessian, the vector-Jacobian product of y -> grad f(y) equals the Jacobian-vector
-    product, and `jax.jvp` of the gradient costs about one gradient evaluation here,
-    while reverse-over-reverse costs ~1.7 (measured on the digits MLP) and keeps the
-    forward residuals alive. `f` (the cost: batch, rng, ...) is not differentiated.
-    """
-    leaves, treedef = jax.tree.flatten(f)
-
-    def grad_fn(leaves, y):
-        return jax.grad(lambda y_: loss_at(jax.tree.unflatten(treedef, leaves), y_))(y)
-
-    @jax.custom_vjp
-    def g(leaves, y):
-        return grad_fn(leaves, y)
-
-    def fwd(leaves, y):
-        return grad_fn(leaves, y), (leaves, y)
-
-    def bwd(res, ct):
-        leaves, y = res
-        hvp = jax.jvp(lambda y_: grad_fn(leaves, y_), (y,), (ct,))[1]
-        zero = [np.zeros(np.shape(a), jax.dtypes.float0)
-                if not jnp.issubdtype(jnp.result_type(a), jnp.inexact) else jnp.zeros_like(a)
-                for a in leaves]
-        return zero, hvp
-
-    g.defvjp(fwd, bwd)
-    return g(leaves, y)
-
-
-def write(buf: jax.Array, s: jax.Array, row: jax.Array) -> jax.Array:
-    """Ring buffer `buf` with step s's row replaced, as an in-place dynamic_update_slice
-    (`buf.at[i].set(row)` lowers to a scatter, for which XLA copies the whole buffer)."""
-    return jax.lax.dynamic_update_index_in_dim(buf, row, jnp.mod(s, buf.shape[0]), 0)
+    Written as one contraction over the ring's rows (scalar: a coefficient vector times
+    the ring; diagonal / full: a gather of the H rows) so XLA reads the ring once, rather
+    than H separate row slices and adds."""
+    K = disturbances.shape[0]
+    if not isinstance(lags, tuple):  # scalar controller
+        H = lags.shape[0]
+        slots = jnp.mod(s - jnp.arange(H), K)
+        coef = jnp.zeros((K,), lags.dtype).at[slots].add(lags)
+        return coef @ disturbances.astype(lags.dtype)
+    rows = [row(disturbances, s - i).astype(lags[0].dtype) for i in range(len(lags))]
+    return sum_lags(lags, rows)
 
 
 def project(M: jax.Array, radius: float | None) -> jax.Array:
@@ -91,32 +78,67 @@ def project(M: jax.Array, radius: float | None) -> jax.Array:
     return M * jnp.minimum(1.0, radius / jnp.maximum(norms, 1e-30))
 
 
-def grad_summary(gM: jax.Array, n: int) -> jax.Array:
-    if gM.ndim == 1:
-        return gM
-    if gM.ndim == 2:
-        return jnp.sum(gM, axis=1) / n
-    return jnp.trace(gM, axis1=1, axis2=2) / n
+def grad_summary(grad_M: jax.Array, num_params: int) -> jax.Array:
+    """(H,) per-lag scalar of a meta-gradient: itself, the mean over coordinates (diagonal),
+    or the mean of the diagonal (full)."""
+    if grad_M.ndim == 1:
+        return grad_M
+    if grad_M.ndim == 2:
+        return jnp.sum(grad_M, axis=1) / num_params
+    return jnp.trace(grad_M, axis1=1, axis2=2) / num_params
 
 
-def disturbance_transform(
-    grad_clip: float | None,
-    scale_by_adam_betas: tuple[float, float] | None,
-    adam_eps: float,
-    adam_eps_root: float,
-) -> optax.GradientTransformation:
-    """T: optional global-norm clip, then optional Adam scaling, on the flat gradient.
+class MetaStep(NamedTuple):
+    """One controller update computed from the rollout cost C at the current M.
 
-    `eps_root > 0` keeps d sqrt(nu + eps_root) / d nu finite at nu = 0, so rollouts that
-    differentiate through T stay finite on coordinates whose gradient is exactly zero.
+    Attributes:
+      M: the next controller, Proj(M + meta_optimizer step on the clipped grad_M C).
+      meta_opt_state: the meta-optimizer's next state.
+      grad_M: (H,) `grad_summary` of the clipped meta-gradient.
+      cost: C(M) at the current M.
+      end_point: y_HH, where the rollout with the current M ends.
+      finite: whether C(M) and grad_M C(M) are finite (the step is safe to take).
     """
-    parts = []
-    if grad_clip is not None:
-        parts.append(optax.clip_by_global_norm(grad_clip))
-    if scale_by_adam_betas is not None:
-        b1, b2 = scale_by_adam_betas
-        parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=adam_eps, eps_root=adam_eps_root))
-    return optax.chain(*parts) if parts else optax.identity()
+
+    M: jax.Array
+    meta_opt_state: Any
+    grad_M: jax.Array
+    cost: jax.Array
+    end_point: jax.Array
+    finite: jax.Array
+
+
+def meta_step(
+    M: jax.Array,
+    meta_opt_state: Any,
+    rollout_cost: Callable[[Lags], tuple[jax.Array, jax.Array]],
+    meta_optimizer: optax.GradientTransformation,
+    meta_grad_clip: float | None,
+    max_gpc_norm: float | None,
+    num_params: int,
+) -> MetaStep:
+    """The controller update M <- Proj(M + meta_optimizer(clip(grad_M C(M)))).
+
+    Args:
+      M: the current controller, (H,), (H, n_pad) or (H, n_pad, n_pad).
+      meta_opt_state: the meta-optimizer's state.
+      rollout_cost: lags -> (C, y_HH), the rollout cost as a function of M's lags.
+      meta_optimizer: the optax transformation stepping M.
+      meta_grad_clip: clip grad_M to this global norm first (None: no clipping).
+      max_gpc_norm: radius of the ball M is projected onto (None: no projection).
+      num_params: n, for the per-lag summary of grad_M.
+    Returns:
+      A `MetaStep`; the caller decides whether to keep it (due and finite).
+    """
+    (cost, end_point), grad_lags = jax.value_and_grad(rollout_cost, has_aux=True)(split_lags(M))
+    grad_M = join_lags(grad_lags)
+    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(grad_M))
+    if meta_grad_clip is not None:
+        grad_M = optax.clip_by_global_norm(meta_grad_clip).update(grad_M, optax.EmptyState())[0]
+    updates, meta_opt_state = meta_optimizer.update(grad_M, meta_opt_state, M)
+    M_next = project(optax.apply_updates(M, updates), max_gpc_norm)
+    return MetaStep(M_next, meta_opt_state, grad_summary(grad_M, num_params), cost,
+                    end_point, finite)
 
 
 def initial_controller(
@@ -127,7 +149,8 @@ def initial_controller(
     initial_m0: float,
     initial_gpc_params: Any,
 ) -> jax.Array:
-    """M at step 0 in float32: from `initial_gpc_params`, else M_0 = initial_m0 * I."""
+    """M at step 0 (padding zero): from `initial_gpc_params` in its own dtype, else
+    M_0 = initial_m0 * I in float32. The caller casts it and projects it onto the ball."""
     if initial_gpc_params is not None:
         ctrl = initial_gpc_params
         if isinstance(ctrl, (str, bytes)) or hasattr(ctrl, "__fspath__"):

@@ -30,13 +30,18 @@ class MetaOptState:
       disturbances: (H + HH, n_pad) ring of w_s = T(g_s) in the state dtype (H rows when
         the controller is frozen).
       param_history: (HH, n_pad) ring of past flat params x_s, or None when frozen.
+      learning_rate_history: (HH,) ring of the played eta_s (M's dtype) when eta varies (a
+        schedule, or a value injected by `optax.inject_hyperparams`): rollouts replay these
+        values. None when eta is a Python number or the controller is frozen.
+      weight_decay_history: (HH,) ring of the played lambda_s, likewise.
       grad_history: (HH, n_pad) ring of raw gradients g_s, kept only for real rollouts
-        through a stateful disturbance transform (Adam scaling), to advance
+        through a disturbance transform with state (Adam scaling), to advance
         `lagged_transform_state`; otherwise None.
       cost_fn_history: tuple of the stacked leaves of the last HH cost functions (real
         rollouts that replay past costs), otherwise None.
       transform_state: optax state of the disturbance transform T at step t.
-      lagged_transform_state: T's state at step t - HH (real rollouts), otherwise None.
+      lagged_transform_state: T's state at step t - HH, kept for real rollouts that apply
+        T (an empty optax state when T only clips), otherwise None.
       M: controller (float32; float64 for float64 params), shape (H,), (H, n_pad) or
         (H, n_pad, n_pad).
       meta_opt_state: the controller optimizer's optax state.
@@ -45,12 +50,18 @@ class MetaOptState:
         diagonal for diagonal / full controllers).
       gpc_cost: C(M) of the last controller update (0 before the first one).
       gpc_cost_valid: 1.0 once a controller update has happened, else 0.0.
+      nonfinite_grad_steps: int32 count of updates skipped for a non-finite gradient
+        (`skip_nonfinite`); kept across episodes.
+      nonfinite_meta_steps: int32 count of controller updates skipped for a non-finite
+        C(M) or grad_M (`skip_nonfinite`); kept across episodes.
     """
 
     step: jax.Array
     num_params: jax.Array
     disturbances: jax.Array
     param_history: jax.Array | None
+    learning_rate_history: jax.Array | None
+    weight_decay_history: jax.Array | None
     grad_history: jax.Array | None
     cost_fn_history: tuple[jax.Array, ...] | None
     transform_state: Any
@@ -61,14 +72,19 @@ class MetaOptState:
     grad_M: jax.Array
     gpc_cost: jax.Array
     gpc_cost_valid: jax.Array
+    nonfinite_grad_steps: jax.Array
+    nonfinite_meta_steps: jax.Array
 
     def logging_metrics(self) -> dict[str, jax.Array]:
-        """Scalars to log (jittable): M_i, grad_M_i, gpc_cost(_valid), bytes per history.
+        """Scalars to log (jittable): M_i, grad_M_i, gpc_cost(_valid), skip counts, bytes.
 
         `M_i` is the effective coefficient on w_{t-i} in the played update, so M_0
         includes -eta_t; diagonal/full controllers report the mean over coordinates /
         of the diagonal. `gpc_cost` is 0 with `gpc_cost_valid` 0 before the first
-        controller update (step H + HH).
+        controller update (step H + HH). `nonfinite_grad_steps` / `nonfinite_meta_steps`
+        count skipped updates (int32). The `*_bytes` entries are `memory_bytes()` as
+        int32, exact below 2**31 (a count at or above 2**31 comes as float32, rounded;
+        `memory_bytes()` is always exact).
         """
         summary = _controller_summary(self.M, self.num_params)
         effective = summary.at[0].add(-self.learning_rate.astype(summary.dtype))
@@ -79,14 +95,20 @@ class MetaOptState:
             out[f"grad_M_{i}"] = self.grad_M[i]
         out["gpc_cost"] = self.gpc_cost
         out["gpc_cost_valid"] = self.gpc_cost_valid
+        out["nonfinite_grad_steps"] = self.nonfinite_grad_steps
+        out["nonfinite_meta_steps"] = self.nonfinite_meta_steps
         for k, v in self.memory_bytes().items():
-            out[k] = jnp.asarray(v, jnp.float32)
+            out[k] = jnp.asarray(v, jnp.int32 if v < 2**31 else jnp.float32)
         return out
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes held by each history (static: computed from shapes and dtypes)."""
+        """Bytes held by each history, exact (static: computed from shapes and dtypes).
+
+        `param_history_bytes` includes the recorded eta_s and lambda_s; `total_bytes`
+        counts every leaf of the state (M and the meta-optimizer state included)."""
         disturbance = _nbytes(self.disturbances) + _nbytes(self.grad_history)
-        params = _nbytes(self.param_history)
+        params = (_nbytes(self.param_history) + _nbytes(self.learning_rate_history)
+                  + _nbytes(self.weight_decay_history))
         cost = _nbytes(self.cost_fn_history)
         transform = _nbytes(self.transform_state) + _nbytes(self.lagged_transform_state)
         total = _nbytes(self)
@@ -114,6 +136,7 @@ def _controller_summary(M: jax.Array, num_params: jax.Array) -> jax.Array:
 
 
 def m_method_of(M: jax.Array) -> str:
+    """The m_method of a controller array, from its rank."""
     return M_METHODS[M.ndim - 1]
 
 
@@ -137,11 +160,14 @@ def _fresh(state: MetaOptState, params: Any) -> MetaOptState:
             f"for {int(state.num_params)}; an episode must re-initialise the same model"
         )
     zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731
-    # optax's scale_by_adam / clip states start at zero, so zeros_like is a fresh init.
+    # optax's scale_by_adam / clip states start at zero, so zeros_like is a fresh init
+    # (and keeps each buffer's sharding). The skip counters count over the whole run.
     return state.replace(
         step=jnp.zeros_like(state.step),
         disturbances=zeros(state.disturbances),
         param_history=zeros(state.param_history),
+        learning_rate_history=zeros(state.learning_rate_history),
+        weight_decay_history=zeros(state.weight_decay_history),
         grad_history=zeros(state.grad_history),
         cost_fn_history=zeros(state.cost_fn_history),
         transform_state=zeros(state.transform_state),
@@ -155,6 +181,9 @@ def _fresh(state: MetaOptState, params: Any) -> MetaOptState:
 
 def reset_for_new_episode(state: Any, params: Any) -> Any:
     """A fresh state for new params that keeps the controller M and its optimizer state.
+
+    Everything else is as `init` makes it, except the non-finite skip counters, which
+    count over the whole run.
 
     Args:
       state: a MetaOptState, or an optax chain state containing one (only that entry is
@@ -185,8 +214,9 @@ def _controller_path(path: str | os.PathLike) -> str:
 def save_controller(path: str | os.PathLike, state: Any) -> str:
     """Writes the controller of `state` to `controller.npz` (in `path` if a directory).
 
-    Stores M without sharding padding, `m_method`, `H` and `num_params`, so a later run
-    can check that the controller fits its model (`initial_gpc_params`).
+    Stores M without sharding padding and in its own dtype (a float64 controller round
+    trips exactly), with `m_method`, `H` and `num_params`, so a later run can check that
+    the controller fits its model (`initial_gpc_params`).
     Returns the file written.
     """
     s = find_metaopt_state(state)
@@ -207,7 +237,9 @@ def save_controller(path: str | os.PathLike, state: Any) -> str:
 
 
 def load_controller(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads `controller.npz` (or a directory holding one): {M, m_method, H, num_params}."""
+    """Reads `controller.npz` (or a directory holding one): {M, m_method, H, num_params}.
+
+    M comes back as a numpy array in the dtype it was saved in."""
     file = _controller_path(path)
     if not os.path.exists(file):
         raise FileNotFoundError(
@@ -216,7 +248,7 @@ def load_controller(path: str | os.PathLike) -> dict[str, Any]:
         )
     with np.load(file) as z:
         out = {
-            "M": np.asarray(z["M"], np.float32),
+            "M": np.asarray(z["M"]),
             "m_method": str(z["m_method"]),
             "H": int(z["H"]),
             "num_params": int(z["num_params"]),

@@ -108,22 +108,45 @@ def test_frozen_controller_needs_no_cost_fn_and_keeps_only_H_disturbances():
     assert int(state.step) == 1
 
 
-def test_logging_metrics_fold_learning_rate_into_M0_and_count_bytes():
+def test_logging_metrics_fold_learning_rate_into_M0_and_count_bytes_exactly():
     f = make_cost_fn(mse, _batch())
     H, HH, n = 3, 2, 3
     tx = metaopt(0.25, H=H, HH=HH, m_method="diagonal", scale_by_adam_betas=(0.9, 0.999),
-                 example_cost_fn=f, initial_m0=-0.5)
+                 example_cost_fn=f, initial_m0=-0.5, meta_optimizer=optax.adam(1e-3))
     state = tx.init(PARAMS)
     _, state = tx.update(PARAMS, state, PARAMS, cost_fn=f)
     m = jax.jit(lambda s: s.logging_metrics())(state)
     np.testing.assert_allclose(m["M_0"], -0.5 - 0.25)
     np.testing.assert_allclose(m["M_1"], 0.0)
     assert {f"grad_M_{i}" for i in range(H)} <= set(m) and "gpc_cost" in m
-    assert m["disturbance_history_bytes"] == (H + HH) * n * 4 + HH * n * 4  # + raw grads
-    assert m["param_history_bytes"] == HH * n * 4
-    assert m["cost_fn_history_bytes"] == HH * (4 * 3 + 4) * 4
-    assert m["disturbance_transform_state_bytes"] == 2 * (4 + 2 * n * 4)  # now + step t-HH
-    assert m["total_bytes"] >= sum(m[k] for k in m if k.endswith("_bytes") and k != "total_bytes")
+    assert m["nonfinite_grad_steps"] == 0 and m["nonfinite_meta_steps"] == 0
+    want = {
+        "disturbance_history_bytes": (H + HH) * n * 4 + HH * n * 4,  # + raw grads
+        "param_history_bytes": HH * n * 4,  # (eta, lambda constant: not recorded)
+        "cost_fn_history_bytes": HH * (4 * 3 + 4) * 4,
+        "disturbance_transform_state_bytes": 2 * (4 + 2 * n * 4),  # now + step t-HH
+    }
+    M_bytes, meta_adam_bytes = H * n * 4, 4 + 2 * H * n * 4
+    scalars = 4 * 7  # step, num_params, learning_rate, gpc_cost(_valid), the 2 counters
+    want["total_bytes"] = sum(want.values()) + M_bytes + meta_adam_bytes + H * 4 + scalars
+    assert state.memory_bytes() == want
+    assert want["total_bytes"] == sum(x.nbytes for x in jax.tree.leaves(state))
+    for k, v in want.items():
+        assert m[k].dtype == jnp.int32 and int(m[k]) == v, k
+
+
+def test_byte_counts_above_float32_precision_are_exact():
+    """2**23 parameters: the total (12 n + 36 bytes) is above 2**26, where float32 keeps
+    only multiples of 8. Nothing is allocated: only the metrics leave the jitted init."""
+    n = 2**23
+    tx = metaopt(0.1, H=1, HH=1, fake_the_dynamics=True)
+    metrics = jax.jit(lambda: tx.init({"w": jnp.zeros(n)}).logging_metrics())()
+    expected = {"disturbance_history_bytes": 2 * n * 4, "param_history_bytes": n * 4}
+    for k, v in expected.items():
+        assert metrics[k].dtype == jnp.int32 and int(metrics[k]) == v
+    total = int(metrics["total_bytes"])
+    assert total == 3 * n * 4 + 4 * 7 + 4 + 4  # + 7 scalars, the (H,) M and grad_M
+    assert int(np.float32(total)) != total  # float32 could not have said it
 
 
 def test_controller_save_load_and_deploy_frozen(tmp_path):
@@ -146,3 +169,42 @@ def test_controller_save_load_and_deploy_frozen(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         metaopt(0.1, H=2, m_method="diagonal", freeze_gpc_params=True,
                 initial_gpc_params=path).init({"w": jnp.zeros(4)})
+
+
+def test_float64_controller_round_trips_exactly(tmp_path):
+    from jax import enable_x64
+
+    with enable_x64():
+        rng = np.random.default_rng(0)
+        M = rng.standard_normal((2, 3))  # float64, not representable in float32
+        params = {"w": jnp.zeros(3, jnp.float64)}
+        tx = metaopt(0.1, H=2, m_method="diagonal", freeze_gpc_params=True,
+                     initial_gpc_params=M)
+        state = tx.init(params)
+        assert state.M.dtype == jnp.float64
+        save_controller(tmp_path, state)
+        loaded = load_controller(tmp_path)
+        assert loaded["M"].dtype == np.float64
+        np.testing.assert_array_equal(loaded["M"], M)
+        again = metaopt(0.1, H=2, m_method="diagonal", freeze_gpc_params=True,
+                        initial_gpc_params=tmp_path).init(params)
+        np.testing.assert_array_equal(np.asarray(again.M), M)
+
+
+@pytest.mark.parametrize("m_method", ["scalar", "diagonal", "full"])
+def test_initial_controller_is_projected_onto_the_ball(m_method):
+    """An out-of-ball initial M would be played for the H + HH warm-up steps."""
+    r, n = 0.1, 3
+    M0 = {"scalar": np.array([-0.5, 0.05]), "diagonal": np.array([[-0.5, 0.05, 0.3],
+                                                                    [0.0, 0.2, -0.01]]),
+          "full": np.stack([np.diag([-0.5, 0.05, 0.3]), 0.01 * np.ones((n, n))])}[m_method]
+    want = {"scalar": np.array([-0.1, 0.05]),
+            "diagonal": np.clip(M0, -r, r),
+            "full": np.stack([M0[0] * r / np.linalg.norm(M0[0]), M0[1]])}[m_method]
+    state = metaopt(0.1, H=2, m_method=m_method, max_gpc_norm=r, freeze_gpc_params=True,
+                    initial_gpc_params=M0).init(PARAMS)
+    np.testing.assert_allclose(np.asarray(state.M), want, rtol=1e-6)
+    m0 = metaopt(0.1, H=2, m_method=m_method, max_gpc_norm=r, freeze_gpc_params=True,
+                 initial_m0=-0.5).init(PARAMS)
+    np.testing.assert_allclose(np.asarray(m0.M)[0], {"scalar": -0.1, "diagonal": -0.1 * np.ones(n),
+                               "full": np.eye(n) * -r / np.sqrt(n)}[m_method], rtol=1e-6)

@@ -1,4 +1,4 @@
-"""MetaOpt's reductions, representability, learning and robustness (DESIGN section 5)."""
+"""MetaOpt's reductions, representability, learning and robustness (docs/metaopt.md)."""
 
 from __future__ import annotations
 
@@ -170,21 +170,28 @@ class DeadInputLoss(flax.struct.PyTreeNode):
         return jnp.mean((pred - self.y) ** 2)
 
 
-@pytest.mark.parametrize("eps_root,finite", [(1e-16, True), (0.0, False)])
-def test_real_rollouts_through_adam_survive_exactly_zero_gradients(eps_root, finite):
-    """eps_root > 0 (the default) keeps the rollout's derivative finite; optax's
-    eps_root = 0 gives NaN at the first controller update (the failure this guards)."""
+@pytest.mark.parametrize("eps_root,skip_nonfinite", [(1e-16, True), (0.0, True), (0.0, False)])
+def test_real_rollouts_through_adam_survive_exactly_zero_gradients(eps_root, skip_nonfinite):
+    """eps_root > 0 (the default) keeps the rollout's derivative finite; with optax's
+    eps_root = 0 grad_M is NaN at every controller update: `skip_nonfinite` skips those
+    updates (counted) and M stays finite, without it NaN reaches M and the params."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 4)).astype(np.float32)
     x[:, 0] = 0.0
     f = DeadInputLoss(jnp.asarray(x), jnp.asarray(rng.standard_normal(8), jnp.float32))
     tx = metaopt(0.01, scale_by_adam_betas=(0.9, 0.999), H=2, HH=3, example_cost_fn=f,
-                 adam_eps_root=eps_root)
+                 adam_eps_root=eps_root, skip_nonfinite=skip_nonfinite)
     p = {"w": jnp.zeros(4), "b": jnp.zeros(())}
     costs = jax.tree.map(lambda c: jnp.broadcast_to(c, (8,) + c.shape), f)
     (p, state), _ = _scan(tx, p, costs, 8)
-    ok = np.all(np.isfinite(np.asarray(state.M))) and np.all(np.isfinite(ravel_pytree(p)[0]))
-    assert ok == finite
+    finite = np.all(np.isfinite(np.asarray(state.M))) and np.all(np.isfinite(ravel_pytree(p)[0]))
+    assert finite == skip_nonfinite
+    due_updates = 8 - (2 + 3)
+    if eps_root > 0:
+        assert int(state.nonfinite_meta_steps) == 0 and float(state.gpc_cost_valid) == 1.0
+    elif skip_nonfinite:
+        assert int(state.nonfinite_meta_steps) == due_updates
+        assert float(state.gpc_cost_valid) == 0.0 and np.all(np.asarray(state.M) == 0.0)
 
 
 def test_scan_from_step_zero_with_real_rollouts_and_fixed_structure():
@@ -233,26 +240,42 @@ def test_bfloat16_state_returns_float32_updates_and_stays_finite():
     assert np.all(np.isfinite(np.asarray(losses))) and float(losses[-1]) < float(losses[0])
 
 
-def test_episode_reset_keeps_controller_and_meta_state_and_clears_histories():
-    steps = 10
+KEPT_BY_RESET = ("M", "meta_opt_state", "nonfinite_grad_steps", "nonfinite_meta_steps")
+
+
+@pytest.mark.parametrize("kw", [
+    dict(scale_by_adam_betas=(0.9, 0.999), HH=3, meta_optimizer=optax.adam(1e-2)),
+    dict(grad_clip=0.5, HH=2, m_method="diagonal"),
+    dict(scale_by_adam_betas=(0.9, 0.999), freeze_cost_fn_during_rollouts=True, HH=1),
+])
+def test_episode_reset_is_init_except_the_controller_and_the_skip_counts(kw):
+    """After some steps (one with a NaN gradient), a reset state equals a fresh `init` of
+    the new params in every field (T's moments, raw-gradient and cost histories
+    included), except M, its optimizer state and the skip counters, which carry over;
+    also for the MetaOpt entry of a chain state."""
+    steps = 8
     costs = _costs(steps)
-    tx = metaopt(0.1, H=2, HH=2, example_cost_fn=jax.tree.map(lambda c: c[0], costs),
-                 meta_optimizer=optax.adam(1e-2))
-    (p, s), _ = _scan(tx, _params(), costs, steps)
-    chain = optax.chain(tx, optax.scale(1.0))
-    chain_state = (s, optax.ScaleState() if hasattr(optax, "ScaleState") else optax.EmptyState())
-    for fresh in (reset_for_new_episode(s, _params()),
-                  reset_for_new_episode(chain_state, _params())[0]):
-        np.testing.assert_array_equal(np.asarray(fresh.M), np.asarray(s.M))
-        for a, b in zip(jax.tree.leaves(fresh.meta_opt_state), jax.tree.leaves(s.meta_opt_state),
-                        strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        assert int(fresh.step) == 0 and float(fresh.gpc_cost_valid) == 0.0
-        for h in (fresh.disturbances, fresh.param_history, fresh.cost_fn_history,
-                  fresh.transform_state):
-            assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(h))
+    tx = metaopt(0.1, H=2, example_cost_fn=jax.tree.map(lambda c: c[0], costs), **kw)
+    p, s = _params(), tx.init(_params())
+    step = jax.jit(lambda p, s, f, bad: tx.update(
+        jax.tree.map(lambda g: g * jnp.where(bad, jnp.nan, 1.0), jax.grad(f)(p)), s, p,
+        cost_fn=f))
+    for t in range(steps):
+        u, s = step(p, s, jax.tree.map(lambda c: c[t], costs), t == 3)  # noqa: B023
+        p = optax.apply_updates(p, u)
+    assert int(s.nonfinite_grad_steps) == 1 and float(s.gpc_cost_valid) == 1.0
+    assert s.lagged_transform_state is not None and np.any(np.asarray(s.disturbances))
+    new_params = jax.tree.map(lambda x: x + 1.0, _params())
+    fresh_init = tx.init(new_params)
+    chain_state = (s, optax.EmptyState())
+    for fresh in (reset_for_new_episode(s, new_params),
+                  reset_for_new_episode(chain_state, new_params)[0]):
         assert jax.tree.structure(fresh) == jax.tree.structure(s)
-    del chain
+        for name in s.__dataclass_fields__:
+            want = getattr(s if name in KEPT_BY_RESET else fresh_init, name)
+            for a, b in zip(jax.tree.leaves(getattr(fresh, name)), jax.tree.leaves(want),
+                            strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
 
 
 def test_grad_clip_bounds_the_disturbance():

@@ -1,4 +1,4 @@
-"""MetaOpt against DESIGN section 5, equation by equation (float64, tiny problems).
+"""MetaOpt against the equations of docs/metaopt.md, one by one (float64, tiny problems).
 
 An independent reference (plain loops over the recorded trajectory, written from the
 equations) recomputes the controller cost C(M) for an arbitrary M; the library must
@@ -24,6 +24,7 @@ from meta_opt.optimizers import metaopt
 H, HH, T0 = 2, 3, 8  # controller history, rollout length, step at which we check
 B1, B2, EPS, EPS_ROOT = 0.9, 0.99, 1e-8, 1e-16
 LAM = 0.01
+CLIP = 0.6
 
 
 class Cost(flax.struct.PyTreeNode):
@@ -43,11 +44,12 @@ def lr_schedule(s):
     return 0.1 + 0.01 * jnp.cos(jnp.asarray(s, jnp.float64))
 
 
-def _make(m_method, fake, adam, meta_lr, M_init=None, counterfactual=True):
+def _make(m_method, fake, adam, meta_lr, M_init=None, counterfactual=True, **kw):
     return metaopt(
         base_learning_rate=lr_schedule,
         weight_decay=LAM,
         scale_by_adam_betas=(B1, B2) if adam else None,
+        **kw,
         H=H,
         HH=HH,
         m_method=m_method,
@@ -97,7 +99,7 @@ def _run(tx, steps, batches):
 
 
 def reference_cost(M, xs, batches, t, fake, adam):
-    """C(M) from the DESIGN equations, by plain loops over the recorded trajectory."""
+    """C(M) from the documented equations, by plain loops over the recorded trajectory."""
     flat = [ravel_pytree(x)[0] for x in xs]
     unravel = ravel_pytree(xs[0])[1]
     f = [Cost(b) for b in batches]
@@ -173,24 +175,40 @@ def test_controller_cost_and_gradient_match_reference_and_finite_differences(
             np.testing.assert_allclose(np.sum(grad_M * D), float(fd), rtol=1e-6, atol=1e-10)
 
 
-@pytest.mark.parametrize("m_method,fake", [(m, f) for m in ("scalar", "diagonal", "full")
-                                           for f in (True, False)])
-def test_rollout_replays_history_when_controller_fixed(m_method, fake):
-    """Meta learning rate 0, nonzero M: every rollout ends at y_HH = x_t, so C(M) = f_t(x_t),
-    and `counterfactual=False` (which adds y_HH - x_t to the update) plays exactly the
-    trajectory of the frozen controller."""
+MODES = {"fake": dict(fake=True), "real": dict(fake=False),
+         "real-frozen-cost": dict(fake=False, freeze_cost_fn_during_rollouts=True)}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("m_method", ["scalar", "diagonal", "full"])
+def test_rollout_replays_history_when_controller_fixed(m_method, mode):
+    """Meta learning rate 0, nonzero M, clipped and Adam-scaled disturbances: every
+    rollout ends at y_HH = x_t, so C(M) = f_t(x_t), and `counterfactual=False` (which adds
+    y_HH - x_t to the update) plays exactly the trajectory of the frozen controller.
+
+    With `freeze_cost_fn_during_rollouts` the rollout evaluates f_t everywhere, so the
+    replay is exact only for a constant cost (one batch); it then also pins how T's state
+    of step t-HH advances: with the recorded g_{t-HH} (T's state along the played
+    trajectory), while the rollout's own copy advances with its recomputed gradients."""
     with enable_x64():
         rng = np.random.default_rng(2)
         steps = H + HH + 4
         batches = _batches(steps)
+        if mode == "real-frozen-cost":
+            batches = jnp.broadcast_to(batches[0], batches.shape)
         M0 = _random_M(m_method, rng, scale=0.1)
-        xs, states, _ = _run(_make(m_method, fake, True, 0.0, M0, counterfactual=False),
-                             steps, batches)
-        frozen = metaopt(base_learning_rate=lr_schedule, weight_decay=LAM,
+        kw = {k: v for k, v in MODES[mode].items() if k != "fake"}
+        tx = _make(m_method, MODES[mode]["fake"], True, 0.0, M0, counterfactual=False,
+                   grad_clip=CLIP, **kw)
+        xs, states, _ = _run(tx, steps, batches)
+        frozen = metaopt(base_learning_rate=lr_schedule, weight_decay=LAM, grad_clip=CLIP,
                          scale_by_adam_betas=(B1, B2), H=H, HH=HH, m_method=m_method,
                          freeze_gpc_params=True, dtype=jnp.float64, initial_gpc_params=M0,
                          adam_eps=EPS, adam_eps_root=EPS_ROOT)
         xs_frozen, _, _ = _run(frozen, steps, batches)
+        grad_norms = [np.linalg.norm(ravel_pytree(jax.grad(Cost(batches[s]))(xs[s]))[0])
+                      for s in range(steps)]
+        assert max(grad_norms) > CLIP  # the clip binds
         for s in range(H + HH, steps):
             assert float(states[s + 1].gpc_cost_valid) == 1.0
             np.testing.assert_allclose(float(states[s + 1].gpc_cost),
