@@ -269,7 +269,7 @@ class _MetaOpt:
         cdtype = jnp.promote_types(flat.dtype, jnp.float32)
         t_state = self.spec.transform.init(jnp.zeros((n_pad,), cdtype))
         M = initial_controller(self.m_method, H, n, n_pad, self.initial_m0,
-                               self.initial_gpc_params)
+                               self.initial_gpc_params, dtype=cdtype)
         M = project(M.astype(cdtype), self.max_gpc_norm)  # float32; float64 for float64 params
         ring = lambda rows: jnp.zeros((rows, n_pad), self.dtype)  # noqa: E731
         learn = self.learn

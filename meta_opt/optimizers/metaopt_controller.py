@@ -148,9 +148,11 @@ def initial_controller(
     n_pad: int,
     initial_m0: float,
     initial_gpc_params: Any,
+    dtype: Any = jnp.float32,
 ) -> jax.Array:
     """M at step 0 (padding zero): from `initial_gpc_params` in its own dtype, else
-    M_0 = initial_m0 * I in float32. The caller casts it and projects it onto the ball."""
+    M_0 = initial_m0 * I built in `dtype` (so a float64 controller holds initial_m0 exactly,
+    not its float32 rounding). The caller casts it and projects it onto the ball."""
     if initial_gpc_params is not None:
         ctrl = initial_gpc_params
         if isinstance(ctrl, (str, bytes)) or hasattr(ctrl, "__fspath__"):
@@ -175,8 +177,8 @@ def initial_controller(
             M = jnp.pad(M, ((0, 0), (0, n_pad - n), (0, n_pad - n)))
         return M
     if m_method == "scalar":
-        return jnp.zeros((H,), jnp.float32).at[0].set(initial_m0)
-    real = (jnp.arange(n_pad) < n).astype(jnp.float32) * initial_m0  # padding stays 0
+        return jnp.zeros((H,), dtype).at[0].set(initial_m0)
+    real = (jnp.arange(n_pad) < n).astype(dtype) * initial_m0  # padding stays 0
     if m_method == "diagonal":
-        return jnp.zeros((H, n_pad), jnp.float32).at[0].set(real)
-    return jnp.zeros((H, n_pad, n_pad), jnp.float32).at[0].set(jnp.diag(real))
+        return jnp.zeros((H, n_pad), dtype).at[0].set(real)
+    return jnp.zeros((H, n_pad, n_pad), dtype).at[0].set(jnp.diag(real))

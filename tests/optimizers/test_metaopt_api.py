@@ -192,6 +192,20 @@ def test_float64_controller_round_trips_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("m_method", ["scalar", "diagonal", "full"])
+def test_float64_initial_m0_is_exact_not_its_float32_rounding(m_method):
+    from jax import enable_x64
+
+    with enable_x64():
+        params = {"w": jnp.zeros(3, jnp.float64)}
+        state = metaopt(0.1, H=2, m_method=m_method, initial_m0=-0.01,
+                        freeze_gpc_params=True).init(params)
+        m0 = np.asarray(state.M)[0]
+        diagonal = np.diag(m0) if m_method == "full" else m0
+        assert state.M.dtype == jnp.float64
+        assert np.all(diagonal == -0.01)  # float32(-0.01) differs from -0.01 by ~2e-10
+
+
+@pytest.mark.parametrize("m_method", ["scalar", "diagonal", "full"])
 def test_initial_controller_is_projected_onto_the_ball(m_method):
     """An out-of-ball initial M would be played for the H + HH warm-up steps."""
     r, n = 0.1, 3
