@@ -15,7 +15,6 @@ from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import read_jsonl
 from meta_opt.experiments.run_dir import RunDir
 from meta_opt.experiments.run_pair import Interrupted, run_pair
-from meta_opt.experiments.trainer import Trainer
 from meta_opt.optimizers import MetaOptConfig, load_controller
 from meta_opt.optimizers.config import ConfigError
 
@@ -59,14 +58,17 @@ def test_run_writes_every_file_and_prints_table_and_plots(sweep, capsys):
         cfg = json.loads((d / "config.json").read_text())
         assert ExperimentConfig.from_dict(cfg["experiment"]) == ExperimentConfig(**EXP)
         records = read_jsonl(d / "metrics.jsonl")
-        assert [r["global_step"] for r in records] == [4, 8, 12, 16]
-        assert all(REQUIRED <= set(r) and "eval_loss" in r and "eval_accuracy" in r
-                   for r in records)
-        assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+        # Each episode opens with a step-0 line: the loss before any update (and eval).
+        assert [(r["episode"], r["step"]) for r in records] == [
+            (0, 0), (0, 4), (0, 8), (1, 0), (1, 4), (1, 8)]
+        assert [r["global_step"] for r in records] == [0, 4, 8, 8, 12, 16]
+        assert all(REQUIRED <= set(r) for r in records if r["step"] > 0)
+        assert all("eval_loss" in r and "eval_accuracy" in r for r in records)
+        assert list((d / "tensorboard").rglob("events.out.tfevents.*"))
         assert sorted(int(p.name) for p in (d / "checkpoints").iterdir()) == [12, 16]
         summary = json.loads((d / "summary.json").read_text())
         assert summary["last_episode_final_loss"] == records[-1]["train_loss"]
-        assert summary["first_episode_final_loss"] == records[1]["train_loss"]
+        assert summary["first_episode_final_loss"] == records[2]["train_loss"]
         assert len(summary["episodes"]) == 2
     meta = read_jsonl(exp_dir / "1_MetaOpt" / "metrics.jsonl")[-1]
     assert {"M_0", "M_1", "grad_M_0", "gpc_cost", "total_bytes"} <= set(meta)
@@ -129,9 +131,9 @@ def test_deploy_frozen_controller_from_run_dir(sweep, tmp_path):
     exp = ExperimentConfig(**{**EXP, "num_episodes": 1, "experiment_name": "deploy"})
     run_pair(exp, cfg, tmp_path / "deploy", progress=False)
     records = read_jsonl(tmp_path / "deploy" / "metrics.jsonl")
-    for r in records:  # frozen: the logged coefficients stay the loaded controller's
+    for r in records[1:]:  # frozen: the logged coefficients stay the loaded controller's
         np.testing.assert_allclose([r["M_0"], r["M_1"]], saved["M"], rtol=1e-6)
-    assert records[-1]["train_loss"] < records[0]["train_loss_mean"]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]  # step 0: before any update
 
 
 def test_metaopt_stopped_and_resumed_matches_uninterrupted(sweep, tmp_path):
@@ -139,14 +141,13 @@ def test_metaopt_stopped_and_resumed_matches_uninterrupted(sweep, tmp_path):
     _, out = sweep
     exp = ExperimentConfig(**EXP)
     opt = MetaOptConfig(H=2, HH=2, m_method="scalar", meta_learning_rate=1e-2)
-    trainer = Trainer(exp, opt)
     polls = iter(range(100))
     with pytest.raises(Interrupted) as e:  # stop after the 3rd chunk: mid-episode 1
-        run_pair(exp, opt, tmp_path / "m", progress=False, trainer=trainer,
+        run_pair(exp, opt, tmp_path / "m", progress=False,
                  should_stop=lambda: next(polls) == 2)
     assert e.value.global_step == 12
     assert not (tmp_path / "m" / "summary.json").exists()
-    run_pair(exp, opt, tmp_path / "m", progress=False, trainer=trainer)
+    run_pair(exp, opt, tmp_path / "m", progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "step_time"} for r in rs]
     assert strip(read_jsonl(tmp_path / "m" / "metrics.jsonl")) == strip(
         read_jsonl(out / "cli" / "1_MetaOpt" / "metrics.jsonl"))
@@ -223,7 +224,7 @@ def test_run_dir_in_use_is_refused_and_restart_starts_over(sweep, tmp_path):
     summary = run_pair(other, opt, rd.path, progress=False, restart=True)
     assert json.loads((rd.path / "config.json").read_text())["experiment"]["seed"] == 5
     assert summary == json.loads((rd.path / "summary.json").read_text())
-    assert len(read_jsonl(rd.path / "metrics.jsonl")) == 2
+    assert len(read_jsonl(rd.path / "metrics.jsonl")) == 3  # step 0, 4, 8
 
 
 def test_wandb_logs_every_metrics_line(sweep, tmp_path, monkeypatch):
@@ -265,4 +266,4 @@ def test_nonfinite_and_missing_values_are_kept_visible(tmp_path):
                                      "first_episode_final_loss": "nan",
                                      "last_episode_final_loss": None})])
     row = table.splitlines()[-1].split()
-    assert row == ["0_SGD", "learning_rate=10", "nan", "-", "-", "5"]
+    assert row == ["0_SGD", "learning_rate=10", "nan", "-", "-", "5", "-"]

@@ -57,7 +57,7 @@ def test_default_run_writes_every_file(tmp_path, capsys):
             assert (d / f).is_file(), f
         assert list((d / "tensorboard").iterdir()) and list((d / "checkpoints").iterdir())
         records = read_jsonl(d / "metrics.jsonl")
-        assert len(records) == 4 and "eval_accuracy" in records[-1]
+        assert len(records) == 6 and "eval_accuracy" in records[-1]  # 2 x (step 0 + 2 chunks)
         summary = json.loads((d / "summary.json").read_text())
         assert summary["last_episode_final_loss"] < 2.3  # below chance (log 10) for 10 classes
     assert (exp_dir / "0_MetaOpt" / "controller.npz").is_file()

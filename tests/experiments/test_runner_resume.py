@@ -90,7 +90,8 @@ def test_killed_and_stopped_runs_resume_bit_for_bit(tmp_path):
     run_pair(ExperimentConfig(**EXP), toy.ToySGDConfig(learning_rate=0.3, momentum=0.9),
              ref_dir, progress=False)
     got, want = read_jsonl(metrics), read_jsonl(ref_dir / "metrics.jsonl")
-    assert len(want) == EXP["num_episodes"] * EXP["num_iters"] // EXP["log_every"]
+    chunks = EXP["num_episodes"] * EXP["num_iters"] // EXP["log_every"]
+    assert len(want) == chunks + EXP["num_episodes"]  # and a step-0 line per episode
     assert [r["global_step"] for r in got] == [r["global_step"] for r in want]
     assert _without_timing(got) == _without_timing(want)  # exact float equality
 
