@@ -41,6 +41,8 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
         self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".tmp-*"):  # saves cut short by a kill
+            shutil.rmtree(stale, ignore_errors=True)
 
     def steps(self) -> list[int]:
         """Global steps of the complete checkpoints, oldest first."""
@@ -63,12 +65,20 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def latest_meta(self) -> dict[str, Any] | None:
-        """The newest checkpoint's positions (episode, step, global_step), or None."""
-        step = self.latest_step()
+    def meta(self, step: int | None = None) -> dict[str, Any] | None:
+        """The positions (episode, step, global_step) of checkpoint `step` (default: the
+        newest), or None when there is none."""
+        step = self.latest_step() if step is None else step
         if step is None:
             return None
         return json.loads((self.directory / str(step) / META_FILE).read_text())
+
+    def delete_after(self, step: int) -> None:
+        """Deletes the checkpoints newer than `step` (a run going back to `step` recomputes
+        them; left in place, a later resume would skip the metrics lines in between)."""
+        for newer in self.steps():
+            if newer > step:
+                shutil.rmtree(self.directory / str(newer))
 
     def save(self, global_step: int, state: Any, meta: dict[str, Any]) -> None:
         """Writes `state` (device or host arrays) and `meta` as checkpoint `global_step`."""
@@ -101,10 +111,13 @@ class Checkpointer:
         shapes, dtypes and shardings are what the restored arrays get.
         """
         state, meta = self.restore_host(template, step)
-        placed = jax.tree.map(
-            lambda t, x: jax.device_put(x, t.sharding) if isinstance(t, jax.Array) else x,
-            template, state)
-        return placed, meta
+
+        def place(t, x):  # where the template's array is (committed to it, or not)
+            if not isinstance(t, jax.Array):
+                return x
+            return jax.device_put(x, t.sharding) if t.committed else jax.device_put(x)
+
+        return jax.tree.map(place, template, state), meta
 
     def restore_raw(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores without a template (nested dicts of numpy arrays), e.g. for inspection."""

@@ -46,3 +46,27 @@ def enable_compile_cache(requested: str | None = None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
+
+
+_COUNTS = {"hits": 0, "misses": 0}
+_LISTENING = False
+
+
+def _count(event: str, **kwargs) -> None:
+    del kwargs
+    if event == "/jax/compilation_cache/cache_hits":
+        _COUNTS["hits"] += 1
+    elif event == "/jax/compilation_cache/cache_misses":
+        _COUNTS["misses"] += 1
+
+
+def cache_counts() -> dict[str, int]:
+    """Persistent-cache hits and misses of this process so far (a compile phase reports the
+    difference: how many of its programs came from the cache)."""
+    global _LISTENING
+    if not _LISTENING:
+        import jax
+
+        jax.monitoring.register_event_listener(_count)
+        _LISTENING = True
+    return dict(_COUNTS)

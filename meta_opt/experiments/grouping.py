@@ -3,15 +3,14 @@
 Two pairs share a program when their experiments are equal except for seed and name and
 their optimizer configs are equal except for numeric hyperparameters (`hyperparams.py`).
 `plan_groups` groups by that structure without building anything (cheap: the parent of
-`--parallel` runs uses it too); `split_by_program` then splits a planned group where the
+`--parallel` runs uses it too); `run_group` then splits a planned group where the
 builder needed one of its numbers as a constant (found by tracing, in `program_for`).
 """
 
 from __future__ import annotations
 
 from meta_opt.experiments.hyperparams import numeric_leaves, structure_key, structure_of
-from meta_opt.experiments.program import experiment_key, program_for
-from meta_opt.experiments.run_group import Member
+from meta_opt.experiments.program import experiment_key
 from meta_opt.experiments.sweep import Pair
 
 
@@ -31,11 +30,3 @@ def plan_groups(pairs: list[Pair], indices: list[int], max_size: int = 64) -> li
     for group in by_key.values():
         out += [group[k:k + max_size] for k in range(0, len(group), max_size)]
     return out
-
-
-def split_by_program(members: list[Member]) -> list[list[Member]]:
-    """Members grouped by the program they actually get (usually one group)."""
-    by_program: dict[int, list[Member]] = {}
-    for m in members:
-        by_program.setdefault(id(program_for(m.exp_cfg, m.opt_cfg)), []).append(m)
-    return list(by_program.values())

@@ -101,11 +101,13 @@ class Progress:
         else:
             self._print(f"{self.sweep_line()} {self._label}: compiling{what} ...")
 
-    def compiled(self, seconds: float) -> None:
+    def compiled(self, seconds: float, from_cache: int = 0) -> None:
+        """Compiling took `seconds`; `from_cache` programs came from the persistent cache."""
+        cached = f" ({from_cache} from the compile cache)" if from_cache else ""
         if self._bar is not None:
-            self._bar.set_postfix_str(f"compiled in {_seconds(seconds)}")
+            self._bar.set_postfix_str(f"compiled in {_seconds(seconds)}{cached}")
         else:
-            self._print(f"  {self._label}: compiled in {_seconds(seconds)}")
+            self._print(f"  {self._label}: compiled in {_seconds(seconds)}{cached}")
 
     def chunk(self, episode: int, num_episodes: int, step: int, num_iters: int,
               losses: list[float], steps_per_sec: float, steps: int) -> None:

@@ -392,7 +392,7 @@ def _run(args, sweep, indices, stop: _StopFlag) -> dict[int, int]:
     group does not stop the sweep: the others still run and the table shows every pair
     that completed.
     """
-    from meta_opt.experiments.grouping import plan_groups, split_by_program
+    from meta_opt.experiments.grouping import plan_groups
     from meta_opt.experiments.progress import Progress, progress_mode
     from meta_opt.experiments.run_dir import RunDir
     from meta_opt.experiments.run_group import Interrupted, Member, run_group
@@ -419,9 +419,8 @@ def _run(args, sweep, indices, stop: _StopFlag) -> dict[int, int]:
                           metadata=sweep.metadata[i]) for i in unit]
         where = ", ".join(f"{i} ({m.run_dir})" for i, m in zip(unit, members, strict=True))
         try:
-            for group in split_by_program(members):
-                run_group(group, progress=progress, wandb=args.wandb, restart=args.restart,
-                          should_stop=stop)
+            run_group(members, progress=progress, wandb=args.wandb, restart=args.restart,
+                      should_stop=stop)
         except Interrupted:
             break
         except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from meta_opt.experiments.checkpoints import Checkpointer
+from meta_opt.experiments.compile_cache import cache_counts
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import MetricsWriter, init_wandb, read_jsonl, run_name
 from meta_opt.experiments.program import Program, program_for, stack, unstack
@@ -160,7 +161,8 @@ def run_group(members: list[Member], *, progress: Progress | None = None,
     """Trains pairs of one structure together (resuming each); returns their summaries.
 
     Args:
-      members: pairs whose programs are the same (`program_for` returns one object).
+      members: pairs of one structure (see `grouping.py`); should the builder of one of
+        their numbers need it as a constant, they are split by program.
       progress: where progress goes (default: nowhere).
       wandb: also log each pair to wandb.
       restart: delete existing run directories first.
@@ -176,7 +178,12 @@ def run_group(members: list[Member], *, progress: Progress | None = None,
     with contextlib.ExitStack() as locks:
         for rd in dirs:
             locks.enter_context(rd.lock())
-        cohorts: dict[tuple[int, int] | None, list[int]] = {}
+        # Cohorts: members of one program at one position; building a program (loading the
+        # task, tracing) is the setup time of its first cohort.
+        by_program: dict[int, list[int]] = {}
+        programs: dict[int, Program] = {}
+        build_seconds: collections.Counter[int] = collections.Counter()
+        resuming: dict[int, Checkpointer] = {}
         for i, (m, rd) in enumerate(zip(members, dirs, strict=True)):
             status = rd.prepare(pair_to_dict(m.exp_cfg, m.opt_cfg), restart=restart)
             if m.metadata is not None:
@@ -185,16 +192,44 @@ def run_group(members: list[Member], *, progress: Progress | None = None,
                 summaries[i] = rd.read_summary()
                 progress.pair_done(m.name, summaries[i], trained=False)
                 continue
-            meta = Checkpointer(rd.checkpoints).latest_meta() if status == "resume" else None
-            position = None if meta is None else (meta["episode"], meta["step"],
-                                                  meta["global_step"])
-            cohorts.setdefault(position, []).append(i)
-        for position, indices in cohorts.items():
-            out = _run_cohort([members[i] for i in indices], [dirs[i] for i in indices],
-                              position, progress=progress, wandb=wandb,
-                              should_stop=should_stop)
-            summaries.update(zip(indices, out, strict=True))
+            if status == "resume":
+                ckpt = Checkpointer(rd.checkpoints)
+                if ckpt.latest_step() is not None:
+                    resuming[i] = ckpt
+            start = time.perf_counter()
+            program = program_for(m.exp_cfg, m.opt_cfg)
+            programs[id(program)] = program
+            build_seconds[id(program)] += time.perf_counter() - start
+            by_program.setdefault(id(program), []).append(i)
+        for key, indices in by_program.items():
+            for position, cohort in _cohorts(indices, resuming).items():
+                out = _run_cohort(programs[key], [members[i] for i in cohort],
+                                  [dirs[i] for i in cohort], position,
+                                  setup_seconds=build_seconds.pop(key, 0.0),
+                                  progress=progress, wandb=wandb, should_stop=should_stop)
+                summaries.update(zip(cohort, out, strict=True))
     return [summaries[i] for i in range(len(members))]
+
+
+def _cohorts(indices: list[int], resuming: dict[int, Checkpointer]
+             ) -> dict[tuple[int, int, int] | None, list[int]]:
+    """Members of one program grouped by the position they continue from.
+
+    A kill during a round of saves leaves some members one checkpoint ahead; when every
+    resuming member still holds the checkpoint of the one furthest behind, they all go
+    back to it and continue together (re-running a few steps) instead of as cohorts,
+    each compiled for its own size.
+    """
+    fresh = [i for i in indices if i not in resuming]
+    out: dict[tuple[int, int, int] | None, list[int]] = {None: fresh} if fresh else {}
+    back = [i for i in indices if i in resuming]
+    steps = {i: set(resuming[i].steps()) for i in back}
+    behind = min((max(s) for s in steps.values()), default=None)
+    for i in back:
+        step = behind if all(behind in s for s in steps.values()) else max(steps[i])
+        meta = resuming[i].meta(step)
+        out.setdefault((meta["episode"], meta["step"], meta["global_step"]), []).append(i)
+    return out
 
 
 def _hparams(member: Member) -> dict[str, Any]:
@@ -211,27 +246,30 @@ def _hparams(member: Member) -> dict[str, Any]:
     return out
 
 
-def _run_cohort(members: list[Member], dirs: list[RunDir], position, *, progress: Progress,
-                wandb: bool, should_stop) -> list[dict[str, Any]]:
+def _run_cohort(program: Program, members: list[Member], dirs: list[RunDir], position, *,
+                setup_seconds: float, progress: Progress, wandb: bool,
+                should_stop) -> list[dict[str, Any]]:
     """Members at the same position: one program, stepped together."""
-    start = time.perf_counter()
+    start = time.perf_counter() - setup_seconds
     clock = _Clock()
+    clock.seconds["setup"] = setup_seconds
     exp = members[0].exp_cfg
     n, n_iters, n_eps = len(members), exp.num_iters, exp.num_episodes
     with clock("setup"):
-        program: Program = program_for(exp, members[0].opt_cfg)
         values = program.values_of([m.opt_cfg for m in members])
         seeds = program.seeds_of([m.exp_cfg.seed for m in members])
         ckpts = [Checkpointer(rd.checkpoints, max_to_keep=exp.keep_checkpoints) for rd in dirs]
     progress.start_group(members[0].name, n, exp.total_steps,
                          0 if position is None else position[2])
     progress.compiling(n)
+    cache_before = cache_counts()
     with clock("compile"):
         states, fixed = program.run_init(values, seeds)
         if position is not None:
-            states = _restore(ckpts, states)
+            states = _restore(ckpts, states, position[2])
         program.compile(values, states, fixed)
-    progress.compiled(clock.seconds["compile"])
+    from_cache = cache_counts()["hits"] - cache_before["hits"]
+    progress.compiled(clock.seconds["compile"], from_cache)
     writers, wandb_runs = [], []
     with clock("setup"):
         for m, rd in zip(members, dirs, strict=True):
@@ -320,6 +358,7 @@ def _run_cohort(members: list[Member], dirs: list[RunDir], position, *, progress
         "seconds_by_phase": parts,
         "steps_per_sec": trained_steps / train if train > 0 else None,
         "trained_steps": trained_steps,
+        "programs_from_compile_cache": from_cache,
     }
     for m, rd in zip(members, dirs, strict=True):
         records = read_jsonl(rd.metrics)
@@ -335,12 +374,17 @@ def _run_cohort(members: list[Member], dirs: list[RunDir], position, *, progress
     return summaries
 
 
-def _restore(ckpts: list[Checkpointer], states):
-    """Every member's newest checkpoint, stacked and placed like the fresh `states`."""
+def _restore(ckpts: list[Checkpointer], states, step: int):
+    """Every member's checkpoint `step`, stacked and placed like the fresh `states`."""
     host = jax.device_get(states)
-    restored = [ckpt.restore_host(unstack(host, i))[0] for i, ckpt in enumerate(ckpts)]
-    shardings = jax.tree.map(lambda x: x.sharding, states)
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), stack(restored), shardings)
+    restored = []
+    for i, ckpt in enumerate(ckpts):
+        ckpt.delete_after(step)
+        restored.append(ckpt.restore_host(unstack(host, i), step)[0])
+    # Placed as the fresh arrays are (committed to their sharding, or not): otherwise the
+    # chunk would compile for the restored layout, then again for its own outputs'.
+    place = lambda x, t: jax.device_put(x, t.sharding) if t.committed else jax.device_put(x)
+    return jax.tree.map(place, stack(restored), states)
 
 
 def _save(ckpts: list[Checkpointer], states, meta: dict[str, int],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import runner_toy as toy
@@ -15,6 +16,7 @@ from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import read_jsonl
 from meta_opt.experiments.run_dir import RunDir
 from meta_opt.experiments.run_pair import Interrupted, run_pair
+from meta_opt.experiments.trainer import Trainer
 from meta_opt.optimizers import MetaOptConfig, load_controller
 from meta_opt.optimizers.config import ConfigError
 
@@ -267,3 +269,78 @@ def test_nonfinite_and_missing_values_are_kept_visible(tmp_path):
                                      "last_episode_final_loss": None})])
     row = table.splitlines()[-1].split()
     assert row == ["0_SGD", "learning_rate=10", "nan", "-", "-", "5", "-"]
+
+
+def _events(folder: Path):
+    """Every Event in the TensorBoard files under `folder` (TFRecord framing, parsed with
+    the protobufs tensorboardX ships: no TensorBoard install needed)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            out.append((path.parent, event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])))
+            pos += 12 + length + 4
+    return out
+
+
+def test_tensorboard_groups_scalars_names_runs_and_records_hparams(sweep):
+    from tensorboardX.proto import plugin_hparams_pb2
+
+    _, out = sweep
+    pair = out / "cli" / "1_MetaOpt"
+    events = _events(pair / "tensorboard")
+    folders = {folder.name for folder, _ in events}
+    assert folders == {"1_MetaOpt (H=2, meta_learning_rate=0.01)"}  # what TensorBoard shows
+    scalars = {}
+    for _, e in events:
+        for v in e.summary.value:
+            if v.HasField("simple_value"):
+                scalars.setdefault(v.tag, []).append((e.step, v.simple_value))
+    assert {"train/loss", "train/loss_mean", "train/accuracy", "eval/loss", "eval/accuracy",
+            "time/step_time", "metaopt/M_0", "metaopt/gpc_cost"} <= set(scalars)
+    assert {tag.split("/")[0] for tag in scalars} == {"train", "eval", "time", "metaopt"}
+    assert not {"episode", "step", "global_step"} & {t.split("/")[-1] for t in scalars}
+    records = read_jsonl(pair / "metrics.jsonl")
+    assert [s for s, _ in scalars["train/loss"]] == [r["global_step"] for r in records]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]],
+                               [r["train_loss"] for r in records], rtol=1e-6)
+    plugin = [v.metadata.plugin_data for _, e in events for v in e.summary.value
+              if v.tag == "_hparams_/session_start_info"]
+    assert len(plugin) == 1 and plugin[0].plugin_name == "hparams"
+    start = plugin_hparams_pb2.HParamsPluginData.FromString(plugin[0].content)
+    hparams = start.session_start_info.hparams
+    assert hparams["optimizer"].string_value == "MetaOpt"
+    assert hparams["optimizer.H"].number_value == 2
+    assert hparams["optimizer.meta_learning_rate"].number_value == pytest.approx(0.01)
+    assert hparams["experiment.seed"].number_value == EXP["seed"]
+    assert hparams["experiment.workload_name"].string_value == toy.TOY_TASK
+
+
+def test_each_episode_opens_with_the_loss_before_any_update(sweep):
+    """The step-0 line: the loss and evaluation of the episode's fresh params, on the batch
+    of step 0, computed here from the task directly."""
+    _, out = sweep
+    exp = ExperimentConfig(**EXP)
+    trainer = Trainer(exp, toy.ToySGDConfig(momentum=0.9))
+    records = read_jsonl(out / "cli" / "0__ToySGD" / "metrics.jsonl")
+    task = trainer.task
+    for episode in range(exp.num_episodes):
+        (line,) = [r for r in records if (r["episode"], r["step"]) == (episode, 0)]
+        assert line["global_step"] == episode * exp.num_iters
+        params, state = task.init_with_state(Trainer.episode_init_key(trainer.rng, episode))
+        start = trainer.init().replace(episode=jnp.int32(episode))
+        loss, _, aux = task.loss_with_state_and_aux(params, state, None,
+                                                    trainer.train_batch(start))
+        np.testing.assert_allclose(line["train_loss"], float(loss), rtol=1e-6)
+        np.testing.assert_allclose(line["train_accuracy"], float(aux["accuracy"]), rtol=1e-6)
+        batch = trainer.eval_batch(0)
+        eval_loss = task.loss_with_state_and_aux(params, state, None, batch)[0]
+        np.testing.assert_allclose(line["eval_loss"], float(eval_loss), rtol=1e-6)
+        first_chunk = [r for r in records if r["episode"] == episode and r["step"] > 0][0]
+        assert first_chunk["train_loss"] < line["train_loss"]  # training started from it
