@@ -6,17 +6,18 @@ hyperparameters (`values`, a dict of float scalars) and the run key as arguments
 second such pair reuses the compiled code, and a grid's members run as one program whose
 arguments carry a leading member axis:
 
-- `begin_episode(values, seeds, episodes, previous_opt_states, data) -> (states, fixed)`:
-  an episode's params (from the episode's key) and optimizer state: fresh, except that
-  MetaOpt keeps the previous episode's controller (or, with `reset_opt_state=False`,
-  every optimizer keeps its whole state); in full-batch mode also each member's one batch.
-  Episode 0 (`run_init`) and later episodes (`run_next_episode`) are the same program,
-  so the model's initialisation, slow to compile, is compiled once;
+- `begin_episode(values, seeds, episodes, previous_opt_states, params, model_states)`:
+  an episode's state from its freshly initialised model (`Workload.init_params`, shared
+  by every optimizer on the task) and an optimizer state: fresh, except that MetaOpt
+  keeps the previous episode's controller (or, with `reset_opt_state=False`, every
+  optimizer keeps its whole state). Episode 0 (`run_init`) and later episodes
+  (`run_next_episode`) are the same program;
 - `train_chunk(values, states, data, fixed_batches) -> (states, metrics)`: `log_every`
   steps in one `lax.scan`, with per-step metrics (loss, aux, optimizer logging metrics);
 - `evaluate(states, eval_data, valid_data)`: mean held-out metrics (`eval_*`, `valid_*`).
 
-Members run one after the other inside the program (`lax.map`), not batched with `vmap`:
+Members run one after the other inside the program (`lax.map`, see
+`workload.over_members`), not batched with `vmap`:
 batching turns the members' matrix products into one larger product whose rounding
 differs (after 200 SGD steps on the digits MLP, losses differ in the 4th digit), so a
 member would not reproduce its solo run bit for bit. On CPU the two are equally fast for
@@ -31,7 +32,6 @@ checkpoint continues exactly as the uninterrupted run.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 from typing import Any
 
@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from meta_opt.experiments.config import ExperimentConfig
-from meta_opt.experiments.data_source import DataSource, evaluate_batches, make_data_source
+from meta_opt.experiments.data_source import evaluate_batches
 from meta_opt.experiments.hyperparams import (
     numeric_leaves,
     structure_key,
@@ -50,17 +50,23 @@ from meta_opt.experiments.hyperparams import (
     trace_safe_paths,
     with_values,
 )
+from meta_opt.experiments.workload import (
+    Workload,
+    load_task,
+    make_run_mesh,
+    over_members,
+    workload_for,
+)
 from meta_opt.optimizers import (
     find_metaopt_state,
     reset_for_new_episode,
     schedule_free_eval_params,
 )
-from meta_opt.optimizers.config import ConfigError, OptimizerConfig
+from meta_opt.optimizers.config import OptimizerConfig
 from meta_opt.optimizers.cost_fn import make_cost_fn
-from meta_opt.sharding import batch_sharding, make_mesh, replicated_sharding
 
-# Streams of randomness derived from an episode's key (fold_in constants).
-_INIT, _TRAIN_BATCH, _LOSS, _EVAL, _FULL_BATCH = 0, 1, 2, 3, 4
+__all__ = ["Program", "TrainState", "eval_params", "load_task", "make_run_mesh",
+           "program_for", "stack", "unstack"]
 
 Values = dict[str, jax.Array]
 
@@ -83,51 +89,6 @@ class TrainState:
     rng: jax.Array
     episode: jax.Array
     step: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class _TaskLoss:
-    """`(params, model_state, key, batch) -> loss` of a task: the static part of a CostFn.
-
-    A frozen dataclass (equal when the task is the same object) so the cost function's
-    pytree structure is identical at init (example) and at every update.
-    """
-
-    task: Any
-
-    def __call__(self, params, model_state, key, batch):
-        return self.task.loss_with_state(params, model_state, key, batch)[0]
-
-
-def load_task(exp_cfg: ExperimentConfig):
-    """The workload's task, built with the experiment's data_dir and batch_size."""
-    from meta_opt.tasks import get_task
-
-    kwargs = {"data_dir": exp_cfg.data_dir, "batch_size": exp_cfg.batch_size}
-    try:
-        return get_task(exp_cfg.workload_name, **kwargs)
-    except TypeError as e:
-        # Data-free tasks (quadratics, test functions) take neither data_dir nor batch_size.
-        if "unexpected keyword" not in str(e):
-            raise
-        return get_task(exp_cfg.workload_name)
-
-
-def make_run_mesh(exp_cfg: ExperimentConfig) -> jax.sharding.Mesh | None:
-    """The ("batch", "opt") mesh of a run; None for 1 x 1 (plain default-device execution)."""
-    if exp_cfg.num_devices == 1:
-        return None
-    available = jax.device_count()
-    if exp_cfg.num_devices != available:
-        raise ConfigError(
-            f"mesh num_batch_devices x num_opt_devices = {exp_cfg.num_batch_devices} x "
-            f"{exp_cfg.num_opt_devices} = {exp_cfg.num_devices} devices, but "
-            f"{available} {jax.default_backend()} device(s) are visible; choose factors whose "
-            f"product is {available}, use 1 x 1 for a single device, or change the visible "
-            f"devices (CUDA_VISIBLE_DEVICES, or XLA_FLAGS="
-            f"--xla_force_host_platform_device_count=N on CPU)"
-        )
-    return make_mesh(exp_cfg.num_batch_devices, exp_cfg.num_opt_devices)
 
 
 def _is_metaopt_state(x) -> bool:
@@ -161,25 +122,6 @@ def unstack(tree: Any, index: int) -> Any:
     return jax.tree.map(lambda x: x[index], tree)
 
 
-def _over_members(fn, member_args: tuple[bool, ...]):
-    """`fn` applied to each member in turn: args marked True carry a leading member axis.
-
-    `lax.map` rather than `vmap` keeps each member's arithmetic that of a solo run (see the
-    module docstring); arguments shared by every member (the data) are closed over.
-    """
-
-    def mapped(*args):
-        xs = tuple(a for a, m in zip(args, member_args, strict=True) if m)
-
-        def one(x):
-            it = iter(x)
-            return fn(*(next(it) if m else a for a, m in zip(args, member_args, strict=True)))
-
-        return jax.lax.map(one, xs)
-
-    return mapped
-
-
 class Program:
     """The compiled functions shared by every pair of one structure; see the module docstring.
 
@@ -193,26 +135,21 @@ class Program:
     """
 
     def __init__(self, exp_cfg: ExperimentConfig, opt_structure: OptimizerConfig,
-                 value_paths: tuple[str, ...], task):
+                 value_paths: tuple[str, ...], workload: Workload):
         self.exp_cfg = exp_cfg
         self.opt_structure = opt_structure
         self.value_paths = tuple(sorted(value_paths))
         self.trace_count = 0
         self._blanks: dict[int, Any] = {}
-        self.mesh = make_run_mesh(exp_cfg)
-        self.task = task
-        self.data: DataSource = make_data_source(task, exp_cfg.batch_size, exp_cfg.eval_split,
-                                                 exp_cfg.valid_split)
-        self._loss_fn = _TaskLoss(task)
-        self.train_data = self._replicate(self.data.train_data)
-        self.eval_data = self._replicate(self.data.eval_data)
-        self.valid_data = self._replicate(self.data.valid_data)
+        self.workload = workload
+        self.task, self.data, self.mesh = workload.task, workload.data, workload.mesh
+        self.train_data = workload.train_data
+        self.eval_data, self.valid_data = workload.eval_data, workload.valid_data
         donate = () if jax.default_backend() == "cpu" else (1,)
-        self.begin_episode = jax.jit(_over_members(self._begin_episode,
-                                                   (True, True, True, True, False)))
-        self.train_chunk = jax.jit(_over_members(self._train_chunk, (True, True, False, True)),
+        self.begin_episode = jax.jit(over_members(self._begin_episode, (True,) * 6))
+        self.train_chunk = jax.jit(over_members(self._train_chunk, (True, True, False, True)),
                                    donate_argnums=donate)
-        self.evaluate = jax.jit(_over_members(self._evaluate, (True, False, False)))
+        self.evaluate = jax.jit(over_members(self._evaluate, (True, False, False)))
 
     # --- members -----------------------------------------------------------------------
     def values_of(self, opt_cfgs: list[OptimizerConfig]) -> Values:
@@ -230,19 +167,24 @@ class Program:
     def run_init(self, values: Values, seeds: np.ndarray):
         """Episode-0 states and fixed batches of the members (stacked)."""
         n = len(seeds)
+        episodes = np.zeros((n,), np.int32)
+        params, model_states, fixed = self.workload.init_params(seeds, episodes,
+                                                                self.train_data)
         if n not in self._blanks:  # zeros shaped like the optimizer state: nothing to carry
-            abstract = jax.eval_shape(_over_members(self._fresh_opt_state, (True, True, False)),
-                                      values, seeds, self.train_data)
+            abstract = jax.eval_shape(over_members(self._fresh_opt_state, (True,) * 4),
+                                      values, seeds, params, model_states)
             self._blanks[n] = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
-        return self.begin_episode(values, seeds, np.zeros((n,), np.int32), self._blanks[n],
-                                  self.train_data)
+        states = self.begin_episode(values, seeds, episodes, self._blanks[n], params,
+                                    model_states)
+        return states, fixed
 
     def run_next_episode(self, values: Values, seeds: np.ndarray,
                          states: TrainState) -> TrainState:
         """Every member's next episode (stacked)."""
         episodes = np.asarray(jax.device_get(states.episode)) + 1  # host: no eager op
-        return self.begin_episode(values, seeds, episodes, states.opt_state,
-                                  self.train_data)[0]
+        params, model_states, _ = self.workload.init_params(seeds, episodes, self.train_data)
+        return self.begin_episode(values, seeds, episodes, states.opt_state, params,
+                                  model_states)
 
     def run_chunk(self, values: Values, states: TrainState, fixed_batches):
         """One chunk of every member: (states, per-step metrics [member, step])."""
@@ -252,7 +194,7 @@ class Program:
         return self.evaluate(states, self.eval_data, self.valid_data)
 
     def compile(self, values: Values, states: TrainState, fixed_batches) -> None:
-        """Compiles the chunk, evaluation and next-episode functions for these shapes.
+        """Compiles the chunk and evaluation functions for these shapes.
 
         Done before the first chunk so the compile phase is visible and timed apart from
         training (`step_time` in the metrics measures training only).
@@ -261,11 +203,6 @@ class Program:
         self.evaluate.lower(states, self.eval_data, self.valid_data).compile()
 
     # --- construction ------------------------------------------------------------------
-    def _replicate(self, tree):
-        if tree is None or self.mesh is None:
-            return tree
-        return jax.device_put(tree, replicated_sharding(self.mesh))
-
     def make_tx(self, values: Values,
                 example_cost_fn=None) -> optax.GradientTransformationExtraArgs:
         """The optimizer with these (possibly traced) hyperparameter values."""
@@ -277,58 +214,33 @@ class Program:
         return optax.with_extra_args_support(
             cfg.make_jax(example_cost_fn=example_cost_fn, mesh=self.mesh))
 
-    def _tx_for(self, values: Values, state: TrainState, data, fixed_batch=None):
+    def _tx_for(self, values: Values, model_state, rng):
+        """The optimizer inside a trace; its example cost function is built from zeros
+        (it only fixes the structure of MetaOpt's cost history)."""
         example = None
         if self.opt_structure.requires_cost_fn:
-            batch = self.train_batch(state, data, fixed_batch)
-            example = make_cost_fn(self._loss_fn, state.model_state, state.rng, batch)
+            example = make_cost_fn(self.workload.loss_fn, model_state, rng,
+                                   self.workload.example_batch())
         return self.make_tx(values, example)
 
-    # --- randomness --------------------------------------------------------------------
-    @staticmethod
-    def episode_init_key(rng, episode):
-        """The key that initialises the model of `episode` (documented: tests pin it)."""
-        return jax.random.fold_in(jax.random.fold_in(rng, episode), _INIT)
-
-    def _batch_for(self, data, rng, episode, step):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(rng, episode),
-                                                    _TRAIN_BATCH), step)
-        return self.data.draw_train(data, key)
-
-    def fixed_batch_of(self, data, rng):
-        """The full-batch mode's single batch: drawn once from the run key, used throughout."""
-        return self.data.draw_train(data, jax.random.fold_in(rng, _FULL_BATCH))
+    episode_init_key = staticmethod(Workload.episode_init_key)
 
     def train_batch(self, state: TrainState, data, fixed_batch=None):
         """The batch that the step at (state.episode, state.step) trains on (pure)."""
-        if self.exp_cfg.full_batch:
-            return self.fixed_batch_of(data, state.rng) if fixed_batch is None else fixed_batch
-        return self._batch_for(data, state.rng, state.episode, state.step)
+        return self.workload.train_batch(state.rng, state.episode, state.step, data,
+                                         fixed_batch)
 
     # --- pure functions (one member) ---------------------------------------------------
-    def _init_params(self, rng, episode):
-        params, model_state = self.task.init_with_state(self.episode_init_key(rng, episode))
-        if self.mesh is not None:  # params (and model state) live replicated on the mesh
-            params, model_state = jax.lax.with_sharding_constraint(
-                (params, model_state), replicated_sharding(self.mesh))
-        return params, model_state
+    def _fresh_opt_state(self, values: Values, seed, params, model_state):
+        """The optimizer state of a fresh episode (its shapes are what episodes carry)."""
+        return self._tx_for(values, model_state, jax.random.PRNGKey(seed)).init(params)
 
-    def _fresh_opt_state(self, values: Values, seed, data):
-        """The optimizer state of a fresh episode 0 (its shapes are what episodes carry)."""
-        rng = jax.random.PRNGKey(seed)
-        params, model_state = self._init_params(rng, jnp.zeros((), jnp.int32))
-        fixed = self.fixed_batch_of(data, rng) if self.exp_cfg.full_batch else None
-        blank = TrainState(params, model_state, None, rng, jnp.zeros((), jnp.int32),
-                           jnp.zeros((), jnp.int32))
-        return self._tx_for(values, blank, data, fixed).init(params)
-
-    def _begin_episode(self, values: Values, seed, episode, previous_opt_state, data):
+    def _begin_episode(self, values: Values, seed, episode, previous_opt_state, params,
+                       model_state):
         self.trace_count += 1
         rng = jax.random.PRNGKey(seed)
-        params, model_state = self._init_params(rng, episode)
-        fixed = self.fixed_batch_of(data, rng) if self.exp_cfg.full_batch else None
         state = TrainState(params, model_state, None, rng, episode, jnp.zeros((), jnp.int32))
-        fresh = self._tx_for(values, state, data, fixed).init(params)
+        fresh = self._tx_for(values, model_state, rng).init(params)
         later = episode > 0
         if not self.exp_cfg.reset_opt_state:
             carried = previous_opt_state
@@ -337,23 +249,17 @@ class Program:
             # the new params; every other entry of the state starts afresh.
             old = find_metaopt_state(previous_opt_state)
             if old is None:
-                return state.replace(opt_state=fresh), fixed
+                return state.replace(opt_state=fresh)
             kept = reset_for_new_episode(old, params)
             carried = jax.tree.map(lambda x: kept if _is_metaopt_state(x) else x,
                                    fresh, is_leaf=_is_metaopt_state)
         # Episode 0 has nothing to carry: `previous_opt_state` is a blank of zeros there.
         opt_state = jax.tree.map(lambda c, f: jnp.where(later, c, f), carried, fresh)
-        return state.replace(opt_state=opt_state), fixed
-
-    def _constrain_batch(self, batch):
-        if self.mesh is None or batch is None:
-            return batch
-        return jax.lax.with_sharding_constraint(batch, batch_sharding(self.mesh))
+        return state.replace(opt_state=opt_state)
 
     def _step(self, tx, state: TrainState, data, fixed_batch):
-        batch = self._constrain_batch(self.train_batch(state, data, fixed_batch))
-        key = jax.random.fold_in(jax.random.fold_in(
-            jax.random.fold_in(state.rng, state.episode), _LOSS), state.step)
+        batch = self.workload.constrain_batch(self.train_batch(state, data, fixed_batch))
+        key = self.workload.loss_key(state.rng, state.episode, state.step)
 
         def loss_fn(params):
             loss, model_state, aux = self.task.loss_with_state_and_aux(
@@ -364,7 +270,7 @@ class Program:
             state.params)
         # Every optimizer gets the loss and the cost function; those that do not use them
         # ignore them (optax.with_extra_args_support).
-        cost_fn = make_cost_fn(self._loss_fn, state.model_state, key, batch)
+        cost_fn = make_cost_fn(self.workload.loss_fn, state.model_state, key, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss,
                                        cost_fn=cost_fn)
         params = optax.apply_updates(state.params, updates)
@@ -377,7 +283,7 @@ class Program:
 
     def _train_chunk(self, values: Values, state: TrainState, data, fixed_batch):
         self.trace_count += 1
-        tx = self._tx_for(values, state, data, fixed_batch)
+        tx = self._tx_for(values, state.model_state, state.rng)
 
         def body(carry, _):
             return self._step(tx, carry, data, fixed_batch)
@@ -386,8 +292,7 @@ class Program:
 
     def _evaluate(self, state: TrainState, eval_data, valid_data):
         self.trace_count += 1
-        key = jax.random.fold_in(jax.random.fold_in(
-            jax.random.fold_in(state.rng, state.episode), _EVAL), state.step)
+        key = self.workload.eval_key(state.rng, state.episode, state.step)
         params = eval_params(state.opt_state, state.params)
         out = {}
         for prefix, data in (("eval", eval_data), ("valid", valid_data)):
@@ -425,16 +330,15 @@ def program_for(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig, task=None) 
     candidates = numeric_leaves(opt_cfg)
     probe_key = (exp_key, structure_key(structure_of(opt_cfg, candidates)))
     safe = _TRACE_SAFE.get(probe_key)
+    workload = workload_for(exp_cfg, task)
     if safe is None:
-        task = load_task(exp_cfg) if task is None else task
         safe = trace_safe_paths(candidates, lambda traced: _trial(exp_cfg, opt_cfg, traced,
-                                                                 task))
+                                                                 workload))
         _TRACE_SAFE[probe_key] = safe
     key = (exp_key, structure_key(structure_of(opt_cfg, safe)))
     program = _PROGRAMS.get(key)
     if program is None:
-        task = load_task(exp_cfg) if task is None else task
-        program = Program(exp_cfg, structure_of(opt_cfg, safe), tuple(safe), task)
+        program = Program(exp_cfg, structure_of(opt_cfg, safe), tuple(safe), workload)
         _PROGRAMS[key] = program
         while len(_PROGRAMS) > _MAX_PROGRAMS:
             _PROGRAMS.popitem(last=False)
@@ -443,25 +347,31 @@ def program_for(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig, task=None) 
     return program
 
 
-def _trial(exp_cfg, opt_cfg, traced: frozenset[str], task) -> None:
+def _trial(exp_cfg, opt_cfg, traced: frozenset[str], workload: Workload) -> None:
     """Traces init and one step of the pair with the leaves at `traced` as tracers."""
-    program = Program(exp_cfg, structure_of(opt_cfg, traced), tuple(traced), task)
+    program = Program(exp_cfg, structure_of(opt_cfg, traced), tuple(traced), workload)
     values = program.values_of([opt_cfg])
     seeds = program.seeds_of([exp_cfg.seed])
+    data = workload.train_data
 
-    def init_and_step(values, seeds, data):
+    def init_and_step(values, seeds):
         def one(v, seed):
-            previous = program._fresh_opt_state(v, seed, data)
-            state, fixed = program._begin_episode(v, seed, jnp.zeros((), jnp.int32), previous,
-                                                  data)
-            return program._step(program._tx_for(v, state, data, fixed), state, data, fixed)
+            params, model_state, fixed = workload._init_params(seed, jnp.zeros((), jnp.int32),
+                                                               data)
+            previous = program._fresh_opt_state(v, seed, params, model_state)
+            state = program._begin_episode(v, seed, jnp.zeros((), jnp.int32), previous,
+                                           params, model_state)
+            return program._step(program._tx_for(v, model_state, state.rng), state, data, fixed)
 
-        return _over_members(one, (True, True))(values, seeds)
+        return over_members(one, (True, True))(values, seeds)
 
-    jax.eval_shape(init_and_step, values, seeds, program.train_data)
+    jax.eval_shape(init_and_step, values, seeds)
 
 
 def clear_programs() -> None:
-    """Forgets every cached program (frees their compiled code)."""
+    """Forgets every cached program and workload (frees their compiled code)."""
+    from meta_opt.experiments.workload import clear_workloads
+
     _PROGRAMS.clear()
     _TRACE_SAFE.clear()
+    clear_workloads()

@@ -115,22 +115,15 @@ def precheck(pairs) -> None:
     """Fails fast, before any compiling, on configs that cannot run here.
 
     Checks the device mesh and that each workload's data can be loaded (a missing dataset
-    file is reported now, not after other pairs have trained).
+    file is reported now, not after other pairs have trained). The workloads it builds are
+    cached: the runs use them.
     """
-    from meta_opt.experiments.data_source import make_data_source
-    from meta_opt.experiments.program import load_task, make_run_mesh
+    from meta_opt.experiments.workload import make_run_mesh, workload_for
 
-    seen = set()
     for exp_cfg, _ in pairs:
         make_run_mesh(exp_cfg)
-        key = (exp_cfg.workload_name, exp_cfg.data_dir, exp_cfg.batch_size, exp_cfg.eval_split,
-               exp_cfg.valid_split)
-        if key in seen:
-            continue
-        seen.add(key)
         try:
-            make_data_source(load_task(exp_cfg), exp_cfg.batch_size, exp_cfg.eval_split,
-                             exp_cfg.valid_split)
+            workload_for(exp_cfg)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 (loader errors carry the how-to-fix message)

@@ -72,7 +72,8 @@ class Trainer:
         if self.opt_cfg.requires_cost_fn:
             state = self.init()
             batch = self.train_batch(state)
-            example = make_cost_fn(self.program._loss_fn, state.model_state, state.rng, batch)
+            example = make_cost_fn(self.program.workload.loss_fn, state.model_state, state.rng,
+                                   batch)
         return self.program.make_tx(
             {p: v[0] for p, v in self.values.items()}, example)
 

@@ -236,6 +236,7 @@ def test_a_rerun_takes_its_programs_from_the_compile_cache(killed_grid):
     assert cache_entries  # the killed run wrote its compiled programs
     summaries = [json.loads((grid_dir / f"{i}_SGD" / "summary.json").read_text())
                  for i in range(4)]
-    # The resumed group's episode, chunk and evaluation programs all came from the cache.
-    assert summaries[0]["programs_from_compile_cache"] == 3
-    assert "(3 from the compile cache)" in stdout
+    # The resumed group's programs (model init, episode start, chunk, evaluation) all came
+    # from the cache.
+    assert summaries[0]["programs_from_compile_cache"] == 4
+    assert "(4 from the compile cache)" in stdout
