@@ -19,7 +19,6 @@ _EXPORTS = {
     "Program": "meta_opt.experiments.program",
     "program_for": "meta_opt.experiments.program",
     "run_pair": "meta_opt.experiments.run_pair",
-    "run_group": "meta_opt.experiments.run_group",
     "Member": "meta_opt.experiments.run_group",
     "Interrupted": "meta_opt.experiments.run_group",
     "Study": "meta_opt.experiments.study",
