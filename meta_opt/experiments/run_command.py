@@ -170,6 +170,10 @@ def resume_command(args) -> str:
         parts.append("--ray")
     if args.only is not None:
         parts += ["--only", args.only]
+    if args.max_group != 64:
+        parts += ["--max-group", str(args.max_group)]
+    if args.compile_cache is not None:
+        parts += ["--compile-cache", args.compile_cache]
     return shlex.join(parts)
 
 

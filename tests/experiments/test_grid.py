@@ -174,7 +174,7 @@ def killed_grid(tmp_path_factory):
     proc = _cli(config, out, cache)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    return out / "grid", stdout, sorted(p.name for p in cache.iterdir())
+    return out / "grid", stdout, sorted(p.name for p in cache.glob("*"))
 
 
 def test_killed_grid_resumes_member_by_member_exactly(killed_grid, tmp_path):
