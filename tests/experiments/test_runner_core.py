@@ -43,6 +43,8 @@ def test_experiment_config_json_round_trip():
     (dict(batch_size=10, num_batch_devices=4), "divisible by num_batch_devices"),
     (dict(eval_split="valid"), "must be one of inner_valid, outer_valid, test, train"),
     (dict(num_episodes=0), "num_episodes must be > 0"),
+    (dict(valid_split="test"), "valid_split must be one of inner_valid, outer_valid"),
+    (dict(seed=2**32), "seed must be below 2**32"),
 ])
 def test_bad_experiment_configs_fail_with_valid_choices(changes, message):
     with pytest.raises(ConfigError) as e:
