@@ -104,11 +104,26 @@ def eval_params(opt_state, params):
     return params
 
 
+# Experiment fields the compiled functions never read (they steer the Python loop).
+_LOOP_FIELDS = ("seed", "experiment_name", "num_episodes", "num_iters", "eval_every",
+                "checkpoint_every", "keep_checkpoints")
+
+
 def experiment_key(exp_cfg: ExperimentConfig) -> str:
-    """The experiment's part of a grouping key: every field but the seed and the name."""
+    """The experiment's part of a grouping key: every field but the seed and the name
+    (pairs of a group step together, so their loops must agree)."""
     d = exp_cfg.to_dict()
     d.pop("seed")
     d.pop("experiment_name")
+    return json.dumps(d, sort_keys=True)
+
+
+def compiled_key(exp_cfg: ExperimentConfig) -> str:
+    """The experiment's part of a program's key: the fields its compiled functions read,
+    so e.g. runs of other lengths or checkpoint cadences reuse the same programs."""
+    d = exp_cfg.to_dict()
+    for f in _LOOP_FIELDS:
+        d.pop(f)
     return json.dumps(d, sort_keys=True)
 
 
@@ -128,7 +143,8 @@ class Program:
     Build it with `program_for(exp_cfg, opt_cfg)` (cached), not directly.
 
     Attributes:
-      exp_cfg: the experiment of the pair that built it (seed and name are not used).
+      exp_cfg: the experiment of the pair that built it (only what `compiled_key` keeps
+        is read: the loop's lengths and cadences are the runner's, per pair).
       opt_structure: the optimizer config with a placeholder at each value path.
       value_paths: the numeric hyperparameters passed as values (sorted).
       trace_count: how many times its pure functions were traced (a test's counter).
@@ -322,11 +338,12 @@ _TRACE_SAFE: dict[tuple[str, str], frozenset[str]] = {}
 def program_for(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig, task=None) -> Program:
     """The (cached) program of a pair: pairs of equal structure get the same object.
 
-    The structure is the experiment without seed and name, plus the optimizer config
+    The structure is the experiment without the fields only the loop reads (seed, name,
+    lengths, evaluation and checkpoint cadence), plus the optimizer config
     without its traceable numeric leaves (found once per structure by tracing one
     training step with them as tracers, `hyperparams.trace_safe_paths`).
     """
-    exp_key = experiment_key(exp_cfg)
+    exp_key = compiled_key(exp_cfg)
     candidates = numeric_leaves(opt_cfg)
     probe_key = (exp_key, structure_key(structure_of(opt_cfg, candidates)))
     safe = _TRACE_SAFE.get(probe_key)

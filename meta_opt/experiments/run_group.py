@@ -35,7 +35,7 @@ from meta_opt.experiments.checkpoints import Checkpointer
 from meta_opt.experiments.compile_cache import cache_counts
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import MetricsWriter, init_wandb, read_jsonl, run_name
-from meta_opt.experiments.program import Program, program_for, stack, unstack
+from meta_opt.experiments.program import Program, experiment_key, program_for, stack, unstack
 from meta_opt.experiments.progress import Progress
 from meta_opt.experiments.run_dir import RunDir, write_json_atomic
 from meta_opt.experiments.sweep import non_default_fields, pair_to_dict
@@ -178,9 +178,9 @@ def run_group(members: list[Member], *, progress: Progress | None = None,
     with contextlib.ExitStack() as locks:
         for rd in dirs:
             locks.enter_context(rd.lock())
-        # Cohorts: members of one program at one position; building a program (loading the
-        # task, tracing) is the setup time of its first cohort.
-        by_program: dict[int, list[int]] = {}
+        # Cohorts: members of one program and one loop (lengths, cadences) at one position;
+        # building a program (loading the task, tracing) is the setup time of its first.
+        by_program: dict[tuple[int, str], list[int]] = {}
         programs: dict[int, Program] = {}
         build_seconds: collections.Counter[int] = collections.Counter()
         resuming: dict[int, Checkpointer] = {}
@@ -200,8 +200,8 @@ def run_group(members: list[Member], *, progress: Progress | None = None,
             program = program_for(m.exp_cfg, m.opt_cfg)
             programs[id(program)] = program
             build_seconds[id(program)] += time.perf_counter() - start
-            by_program.setdefault(id(program), []).append(i)
-        for key, indices in by_program.items():
+            by_program.setdefault((id(program), experiment_key(m.exp_cfg)), []).append(i)
+        for (key, _), indices in by_program.items():
             for position, cohort in _cohorts(indices, resuming).items():
                 out = _run_cohort(programs[key], [members[i] for i in cohort],
                                   [dirs[i] for i in cohort], position,

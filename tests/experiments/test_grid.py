@@ -120,14 +120,17 @@ def test_structure_decides_sharing_and_numbers_a_builder_needs_stay_constants():
     assert program_for(cfg.replace(seed=3), base) is program
     assert program_for(cfg, base.replace(base_learning_rate=0.2)) is not program
     assert program_for(cfg, base.replace(H=3)) is not program
-    assert program_for(cfg.replace(num_iters=12), base) is not program
+    assert program_for(cfg.replace(log_every=2), base) is not program  # another chunk
+    # The loop's lengths and cadences are not compiled: same program, but not one group.
+    assert program_for(cfg.replace(num_iters=12, checkpoint_every=12), base) is program
     # Zero is structure (no momentum buffer), any other momentum a value.
     sgd = program_for(cfg, SGDConfig(momentum=0.9))
     assert program_for(cfg, SGDConfig(momentum=0.5)) is sgd
     assert program_for(cfg, SGDConfig(momentum=0.0)) is not sgd
     pairs = [(cfg, SGDConfig(learning_rate=lr)) for lr in (0.1, 0.2, 0.3)]
     pairs.append((cfg, SGDConfig(momentum=0.9)))
-    assert plan_groups(pairs, [0, 1, 2, 3]) == [[0, 1, 2], [3]]
+    pairs.append((cfg.replace(seed=4, num_iters=12, checkpoint_every=12), SGDConfig()))
+    assert plan_groups(pairs, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3], [4]]
     assert plan_groups(pairs, [0, 1, 2, 3], max_size=2) == [[0, 1], [2], [3]]
 
 
