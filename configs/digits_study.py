@@ -22,7 +22,7 @@ def get_config() -> Study:
     return Study(exp, seeds=(0, 1, 2), families=(
         Family("SGD", SGDConfig(), {"learning_rate": HALF_DECADES}),
         Family("Momentum 0.9", SGDConfig(momentum=0.9), {"learning_rate": HALF_DECADES}),
-        Family("AdamW", AdamWConfig(), {"learning_rate": tuple(lr / 100 for lr in HALF_DECADES)}),
+        Family("AdamW", AdamWConfig(), {"learning_rate": (1e-3, 3e-3, 1e-2, 3e-2, 0.1)}),
         Family("MetaOpt scalar", MetaOptConfig(m_method="scalar")),
         Family("MetaOpt diagonal", MetaOptConfig(m_method="diagonal")),
         Family("DoG", OptimizerConfig.from_dict({"optimizer_name": "DoG"})),

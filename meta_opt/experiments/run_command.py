@@ -336,7 +336,10 @@ def main(args) -> int:
 
             for i in indices:
                 exp_cfg, opt_cfg = pairs[i]
-                print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}")
+                meta = sweep.metadata[i]
+                family = f"  [{meta['family']}]" if meta else ""
+                print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}"
+                      f"  seed={exp_cfg.seed}{family}")
             return 0
         precheck([pairs[i] for i in indices])
         if args.wandb:
