@@ -319,9 +319,6 @@ def main(args) -> int:
     if args.max_group < 1:
         print(f"--max-group must be >= 1, got {args.max_group}", file=sys.stderr)
         return EXIT_CONFIG
-    from meta_opt.experiments.compile_cache import enable_compile_cache
-
-    enable_compile_cache(args.compile_cache)
     try:
         from meta_opt.experiments.sweep import apply_overrides
 
@@ -341,6 +338,9 @@ def main(args) -> int:
                 print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}"
                       f"  seed={exp_cfg.seed}{family}")
             return 0
+        from meta_opt.experiments.compile_cache import enable_compile_cache
+
+        enable_compile_cache(args.compile_cache)  # before anything compiles
         precheck([pairs[i] for i in indices])
         if args.wandb:
             _check_wandb()
