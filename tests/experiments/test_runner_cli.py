@@ -344,3 +344,21 @@ def test_each_episode_opens_with_the_loss_before_any_update(sweep):
         np.testing.assert_allclose(line["eval_loss"], float(eval_loss), rtol=1e-6)
         first_chunk = [r for r in records if r["episode"] == episode and r["step"] > 0][0]
         assert first_chunk["train_loss"] < line["train_loss"]  # training started from it
+
+
+def test_a_run_dir_from_before_a_new_config_field_is_still_the_same_pair(sweep, tmp_path):
+    """config.json written before `valid_split` existed: the field takes its default, the
+    run is recognised as the same pair (complete: skipped), not refused as different."""
+    import shutil
+
+    config, out = sweep
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    path = copy / "cli" / "0__ToySGD" / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["experiment"]["valid_split"]
+    path.write_text(json.dumps(stored))
+    before = (copy / "cli" / "0__ToySGD" / "metrics.jsonl").read_text()
+    assert cli.main(["run", str(config), "--out", str(copy), "--only", "0", "--no-progress",
+                     "--no-plots"]) == 0
+    assert (copy / "cli" / "0__ToySGD" / "metrics.jsonl").read_text() == before
