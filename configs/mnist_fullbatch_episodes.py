@@ -6,7 +6,7 @@ from episode to episode until it matches the best baselines.
 
 MNIST must be available offline or downloadable (see docs/data_and_tasks.md), e.g.
 
-    meta-opt run configs/mnist_fullbatch_episodes.py --set experiment.data_dir=../shared/data
+    meta-opt run configs/mnist_fullbatch_episodes.py --set experiment.data_dir=/path/to/data
 
 Roughly 10-20 minutes on a laptop CPU; add `--parallel 3` to use more cores.
 """

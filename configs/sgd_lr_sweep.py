@@ -1,10 +1,14 @@
 """Tune the SGD baseline: a learning-rate grid, with and without momentum.
 
 Same workload as the default comparison (digits MLP, full batch, 3 episodes), so the best
-entry here is the "tuned SGD" to compare MetaOpt against. Read the table at the end, or
+entry here is the "tuned SGD" to compare MetaOpt against. The five learning rates of each
+momentum share one compiled program and run as one (momentum 0 and 0.9 are two
+structures: without momentum there is no momentum buffer). Read the table at the end, or
 
-    meta-opt run configs/sgd_lr_sweep.py --parallel 2
+    meta-opt run configs/sgd_lr_sweep.py
     meta-opt plot runs/sgd_lr_sweep
+
+For tuning over seeds with a report, declare a study instead (configs/digits_study.py).
 """
 
 from meta_opt.experiments.config import ExperimentConfig

@@ -20,6 +20,7 @@ import meta_opt
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("meta_opt.experiments.run_command", "run an experiment sweep from a config file"),
     "plot": ("meta_opt.experiments.plot_command", "write PNG plots of runs and eval-lopt results"),
+    "report": ("meta_opt.experiments.report_command", "a study's table and plots (tuned families)"),
     "bench": ("meta_opt.experiments.bench_command", "benchmarks (e.g. `bench synthetic`)"),
     "data": ("meta_opt.data.data_command", "dataset status and downloads"),
     "meta-train": (

@@ -1,4 +1,5 @@
-"""meta_opt.experiments: sweeps, the episode trainer, checkpoints, metrics, plots, commands.
+"""meta_opt.experiments: sweeps and studies, the compiled programs that grids share, the
+episode loop, checkpoints, metrics, progress, plots, reports, commands.
 
 Public names are imported lazily (on first attribute access) so that a CLI command that
 lives in this package (e.g. `meta-opt bench`) does not pay for orbax or matplotlib.
@@ -14,9 +15,16 @@ _EXPORTS = {
     "apply_overrides": "meta_opt.experiments.sweep",
     "pair_name": "meta_opt.experiments.sweep",
     "Trainer": "meta_opt.experiments.trainer",
-    "TrainState": "meta_opt.experiments.trainer",
+    "TrainState": "meta_opt.experiments.program",
+    "Program": "meta_opt.experiments.program",
+    "program_for": "meta_opt.experiments.program",
     "run_pair": "meta_opt.experiments.run_pair",
-    "Interrupted": "meta_opt.experiments.run_pair",
+    "Member": "meta_opt.experiments.run_group",
+    "Interrupted": "meta_opt.experiments.run_group",
+    "Study": "meta_opt.experiments.study",
+    "Family": "meta_opt.experiments.study",
+    "read_sweep": "meta_opt.experiments.sweep",
+    "write_report": "meta_opt.experiments.report",
     "Checkpointer": "meta_opt.experiments.checkpoints",
     "MetricsWriter": "meta_opt.experiments.metrics",
     "read_jsonl": "meta_opt.experiments.metrics",

@@ -15,6 +15,9 @@ from typing import ClassVar
 from meta_opt.optimizers.config import Config, ConfigError
 
 SPLITS = ("train", "inner_valid", "outer_valid", "test")
+# Held-out parts of the training data (80/10/10 train/inner_valid/outer_valid): what a
+# validation split for selecting hyperparameters may be, so selection never sees `test`.
+VALID_SPLITS = ("inner_valid", "outer_valid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,10 @@ class ExperimentConfig(Config):
       eval_every: evaluate every this many steps (and at the end of every episode);
         0 evaluates only at episode ends. A multiple of `log_every`.
       eval_batches: number of held-out batches averaged per evaluation.
-      eval_split: held-out split to evaluate on.
+      eval_split: held-out split to evaluate on (metrics `eval_*`).
+      valid_split: a validation split of the training data (`inner_valid` or
+        `outer_valid`) also evaluated at every evaluation (metrics `valid_*`), e.g. to
+        select hyperparameters without reading the test split; None: not evaluated.
       checkpoint_every: save a checkpoint every this many steps (and at episode ends);
         a multiple of `log_every`.
       log_every: steps per compiled chunk; one metrics line per chunk. Divides `num_iters`.
@@ -64,6 +70,7 @@ class ExperimentConfig(Config):
     eval_every: int = 0
     eval_batches: int = 4
     eval_split: str = "test"
+    valid_split: str | None = None
     checkpoint_every: int = 100
     log_every: int = 10
     keep_checkpoints: int = 2
@@ -79,7 +86,11 @@ class ExperimentConfig(Config):
             "log_every", "keep_checkpoints", "num_batch_devices", "num_opt_devices",
         )
         self.check_nonnegative("eval_every", "seed")
+        if self.seed >= 2**32:
+            self._fail("seed", "below 2**32 (it seeds a 32-bit PRNG key inside the program)")
         self.check_choice("eval_split", SPLITS)
+        if self.valid_split is not None:
+            self.check_choice("valid_split", VALID_SPLITS)
         if self.num_iters % self.log_every:
             raise ConfigError(
                 f"ExperimentConfig.num_iters ({self.num_iters}) must be a multiple of log_every "

@@ -28,19 +28,25 @@ class DataSource:
 
     Attributes:
       train_data, eval_data: device arrays of the training / evaluation split (or None).
+      valid_data: device arrays of the validation split (a held-out part of the training
+        data, used to select hyperparameters), or None when no validation split is asked.
       draw_train: `(data, key) -> batch` a random training batch (with replacement).
-      eval_batch: `(data, index) -> batch` the index-th fixed evaluation batch.
+      eval_batch: `(data, index, key) -> batch` the index-th fixed evaluation batch of the
+        split held in `data`; `key` (the run's root key) is used only by tasks without
+        `batch_at`, which sample their evaluation batches.
       has_data: False for data-free tasks, whose batches are None.
     """
 
     train_data: Data
     eval_data: Data
+    valid_data: Data
     draw_train: Callable[[Data, jax.Array], Batch]
-    eval_batch: Callable[[Data, jax.Array], Batch]
+    eval_batch: Callable[[Data, jax.Array, jax.Array], Batch]
     has_data: bool
 
 
-def make_data_source(task, batch_size: int, eval_split: str, eval_seed: int = 0) -> DataSource:
+def make_data_source(task, batch_size: int, eval_split: str,
+                     valid_split: str | None = None) -> DataSource:
     """Builds the DataSource of `task` (see the module docstring for the contract)."""
     arrays = getattr(task, "data_arrays", None)
     if arrays is None:
@@ -50,34 +56,38 @@ def make_data_source(task, batch_size: int, eval_split: str, eval_seed: int = 0)
                 f"runner draws batches inside jit for exact resume; give the task "
                 f"`data_arrays` and `sample_batch` (docs/data_and_tasks.md, section 3)"
             )
-        none = lambda data, key: None
-        return DataSource(None, None, none, none, has_data=False)
-    if eval_split not in arrays:
-        raise ConfigError(f"eval_split '{eval_split}' not in task '{task.name}' data; "
-                          f"available: {', '.join(sorted(arrays))}")
+        none = lambda data, *keys: None
+        return DataSource(None, None, None, none, none, has_data=False)
+    for role, split in (("eval_split", eval_split), ("valid_split", valid_split)):
+        if split is not None and split not in arrays:
+            raise ConfigError(f"{role} '{split}' not in task '{task.name}' data; "
+                              f"available: {', '.join(sorted(arrays))}")
     sample = task.sample_batch
     draw_train = lambda data, key: sample(data, key, batch_size)
     batch_at = getattr(task, "batch_at", None)
     if batch_at is not None:
         # Consecutive batches from the start of the split: the same held-out examples at
         # every evaluation, so evaluations are comparable across steps and optimizers.
-        eval_batch = lambda data, index: batch_at(data, index, batch_size)
+        eval_batch = lambda data, index, key: batch_at(data, index, batch_size)
     else:
-        base = jax.random.PRNGKey(eval_seed)
-        eval_batch = lambda data, index: sample(data, jax.random.fold_in(base, index), batch_size)
-    return DataSource(arrays["train"], arrays[eval_split], draw_train, eval_batch, True)
+        eval_batch = lambda data, index, key: sample(data, jax.random.fold_in(key, index),
+                                                     batch_size)
+    valid = None if valid_split is None else arrays[valid_split]
+    return DataSource(arrays["train"], arrays[eval_split], valid, draw_train, eval_batch, True)
 
 
-def evaluate_batches(task, params, model_state, data, eval_batch, num_batches: int, key):
+def evaluate_batches(task, params, model_state, data, eval_batch, num_batches: int, key,
+                     root_key):
     """Mean of the task's evaluation metrics over `num_batches` fixed held-out batches.
 
     Uses `task.evaluate(params, state, batch)` (inference mode) when the task has it,
-    else `loss_with_state_and_aux` (loss plus aux such as accuracy).
+    else `loss_with_state_and_aux` (loss plus aux such as accuracy) with `key`; `root_key`
+    picks the batches of tasks that sample them (see `DataSource.eval_batch`).
     """
     evaluate = getattr(task, "evaluate", None)
 
     def one(index):
-        batch = eval_batch(data, index)
+        batch = eval_batch(data, index, root_key)
         if evaluate is not None:
             return {k: jnp.asarray(v, jnp.float32) for k, v in evaluate(params, model_state,
                                                                          batch).items()}

@@ -1,9 +1,16 @@
 """Metrics sinks of a run: `metrics.jsonl`, TensorBoard event files, optionally wandb.
 
 `metrics.jsonl` holds one JSON object per logged step. On resume the file is cut back to
-the checkpoint's global step first (`truncate_jsonl`), so lines written after the last
+the checkpoint's position first (`truncate_jsonl`), so lines written after the last
 checkpoint by a killed process are recomputed, not duplicated; TensorBoard is told the same
 through `purge_step`.
+
+TensorBoard scalars are grouped by prefix: `train/` (training loss and aux), `eval/` (the
+evaluation split), `valid/` (the validation split), `time/` (seconds per step), and one
+folder for the optimizer's own logging metrics (`metaopt/M_0`, ...); `episode` and `step`
+are positions, not scalars. Each run's settings go to the HParams dashboard, and its
+event folder is named after the pair and its non-default settings, which is what
+TensorBoard shows as the run's name.
 """
 
 from __future__ import annotations
@@ -11,10 +18,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+# Metrics the HParams dashboard shows next to each run's settings.
+HPARAM_METRICS = ("train/loss", "eval/loss", "eval/accuracy", "valid/loss", "valid/accuracy")
+_POSITIONS = ("episode", "step", "global_step")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -31,13 +43,20 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_jsonl(path: str | Path, max_step: int, key: str = "global_step") -> int:
-    """Keeps the complete lines with record[key] <= max_step (atomically); returns their count.
+def truncate_jsonl(path: str | Path, max_step: int | tuple[int, ...],
+                   key: str | tuple[str, ...] = "global_step") -> int:
+    """Keeps the complete lines at or before `max_step` (atomically); returns their count.
 
+    `key` names the position field, or several compared in order (e.g. `("episode",
+    "step")` with `max_step=(1, 0)`: a line's position is the tuple of those fields).
     Resuming runs call this so the file holds exactly what the checkpoint had seen; a line
     torn by a kill is dropped rather than crashing the resume."""
     path = Path(path)
-    kept = [r for r in read_jsonl(path) if r[key] <= max_step]
+    if isinstance(key, str):
+        position = lambda r: r[key]
+    else:
+        position = lambda r: tuple(r[k] for k in key)
+    kept = [r for r in read_jsonl(path) if position(r) <= max_step]
     tmp = path.with_suffix(".jsonl.tmp")
     with tmp.open("w") as f:
         for r in kept:
@@ -55,17 +74,54 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class MetricsWriter:
-    """Appends records to metrics.jsonl, TensorBoard and (if enabled) wandb."""
+def scalar_tag(key: str, optimizer_prefix: str = "optimizer") -> str:
+    """The TensorBoard tag of a metrics key: `train_loss` -> `train/loss`, ..."""
+    for prefix in ("train", "eval", "valid"):
+        if key.startswith(prefix + "_"):
+            return f"{prefix}/{key[len(prefix) + 1:]}"
+    if key == "step_time" or key.endswith("_seconds"):
+        return f"time/{key}"
+    return f"{optimizer_prefix}/{key}"
 
-    def __init__(self, run_dir: str | Path, resume_global_step: int | None = None,
-                 wandb_run: Any = None, tensorboard: bool = True):
+
+def run_name(pair_name: str, settings: str, max_len: int = 120) -> str:
+    """A folder name that reads as the run: 'pair (k=v, ...)', filesystem-safe."""
+    name = f"{pair_name} ({settings})" if settings else pair_name
+    name = re.sub(r"[/\\\x00]", "_", name)
+    return name if len(name) <= max_len else name[:max_len - 3] + "..."
+
+
+def hparam_value(v: Any) -> bool | str | float | int:
+    """A settings value as the HParams dashboard takes it (numbers and bools, else text)."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+
+
+class MetricsWriter:
+    """Appends records to metrics.jsonl, TensorBoard and (if enabled) wandb.
+
+    Args:
+      run_dir: the pair's directory.
+      resume_at: the checkpoint's position `(episode, step, global_step)` when resuming
+        (lines after it are cut, TensorBoard events after it purged); None starts afresh.
+      wandb_run: a wandb run to log to as well, or None.
+      tensorboard: write TensorBoard events.
+      tb_name: the event folder's name under `tensorboard/` (the run name TensorBoard shows).
+      hparams: the run's settings for the HParams dashboard (written when starting afresh).
+      optimizer_prefix: TensorBoard folder of the optimizer's own metrics.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_at: tuple[int, int, int] | None = None,
+                 wandb_run: Any = None, tensorboard: bool = True, tb_name: str = "",
+                 hparams: dict[str, Any] | None = None, optimizer_prefix: str = "optimizer"):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
-        if resume_global_step is None:
+        self.optimizer_prefix = optimizer_prefix
+        if resume_at is None:
             self.path.write_text("")
         else:
-            truncate_jsonl(self.path, resume_global_step)
+            truncate_jsonl(self.path, tuple(resume_at[:2]), key=("episode", "step"))
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -73,10 +129,25 @@ class MetricsWriter:
 
             # purge_step drops events logged after the checkpoint by an interrupted run.
             self._tb = SummaryWriter(
-                str(self.run_dir / "tensorboard"),
-                purge_step=None if resume_global_step is None else resume_global_step + 1,
+                str(self.run_dir / TENSORBOARD_DIR / tb_name),
+                purge_step=None if resume_at is None else resume_at[2] + 1,
             )
+            if hparams and resume_at is None:
+                self._write_hparams(hparams)
         self._wandb = wandb_run
+
+    def _write_hparams(self, hparams: dict[str, Any]) -> None:
+        """Writes the HParams plugin's summaries into this run's own event file.
+
+        (tensorboardX's `add_hparams` writes them to a new sub-run instead, whose metrics
+        would then be missing from the dashboard.)"""
+        from tensorboardX.summary import hparams as hparams_summary
+
+        values = {k: hparam_value(v) for k, v in hparams.items()}
+        summaries = hparams_summary(values, {tag: 0.0 for tag in HPARAM_METRICS})
+        writer = self._tb._get_file_writer()
+        for summary in summaries:
+            writer.add_summary(summary)
 
     def write(self, record: dict[str, Any]) -> None:
         record = {k: _jsonable(v) for k, v in record.items()}
@@ -85,10 +156,11 @@ class MetricsWriter:
         step = int(record["global_step"])
         numeric = {k: v for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("global_step",)}
+                   and k != "global_step"}
         if self._tb is not None:
             for k, v in numeric.items():
-                self._tb.add_scalar(k, v, step)
+                if k not in _POSITIONS:
+                    self._tb.add_scalar(scalar_tag(k, self.optimizer_prefix), v, step)
         if self._wandb is not None:
             self._wandb.log(numeric, step=step)
 

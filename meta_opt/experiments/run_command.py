@@ -1,9 +1,11 @@
 """`meta-opt run [CONFIG] [--set KEY=VALUE ...] [--out DIR] [--parallel N | --ray]`: a sweep.
 
 Every pair of the sweep is trained in `OUT/<experiment_name>/<index>_<optimizer_name>/`;
-a directory that already holds the same pair resumes (or is skipped when complete). After
-the sweep a comparison table is printed and plots are written. SIGINT/SIGTERM checkpoint
-the running pairs, print how to resume and exit non-zero (130 / 143).
+a directory that already holds the same pair resumes (or is skipped when complete). Pairs
+of one structure (equal but for numeric hyperparameters and seed) run together as one
+compiled program (`grouping.py`, `program.py`). After the sweep a comparison table is
+printed and plots are written. SIGINT/SIGTERM checkpoint the running pairs, print how to
+resume and exit non-zero (130 / 143).
 """
 
 from __future__ import annotations
@@ -50,8 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true",
                         help="print the pairs of the sweep (after --set) and exit")
     parser.add_argument("--ray", action="store_true",
-                        help="run each pair as a Ray task (cluster from RAY_ADDRESS, else a "
-                             "local one); needs a shared filesystem and the same environment")
+                        help="run each group of pairs as a Ray task (cluster from RAY_ADDRESS, "
+                             "else a local one); needs a shared filesystem and the same "
+                             "environment")
+    parser.add_argument("--max-group", type=int, default=64, metavar="N",
+                        help="run at most N pairs of one structure (equal but for numeric "
+                             "hyperparameters and seed) as one program; 1 runs each pair "
+                             "alone (default: 64)")
+    parser.add_argument("--compile-cache", default=None, metavar="DIR",
+                        help="JAX's persistent compilation cache, so a rerun skips compiling "
+                             "(default: $META_OPT_COMPILE_CACHE, else "
+                             "~/.cache/meta_opt/jax_cache; 'off' disables it)")
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 
@@ -78,15 +89,15 @@ class _StopFlag:
               f"the current chunk (Ctrl-C again to abort without saving)", file=sys.stderr)
 
 
-def load_pairs(args) -> list:
-    """The sweep's pairs as written (CONFIG, or the built-in default), before overrides."""
-    from meta_opt.experiments.sweep import check_pairs, load_sweep
+def load_pairs(args):
+    """The sweep (CONFIG, or the built-in default) as written, before overrides."""
+    from meta_opt.experiments.sweep import as_sweep, read_sweep
 
     if args.config is None:
         from meta_opt.experiments.default_sweep import get_config
 
-        return check_pairs(get_config(), where="the default sweep")
-    return load_sweep(args.config)
+        return as_sweep(get_config(), where="the default sweep")
+    return read_sweep(args.config)
 
 
 def _selected(args, n: int) -> list[int]:
@@ -107,20 +118,15 @@ def precheck(pairs) -> None:
     """Fails fast, before any compiling, on configs that cannot run here.
 
     Checks the device mesh and that each workload's data can be loaded (a missing dataset
-    file is reported now, not after other pairs have trained).
+    file is reported now, not after other pairs have trained). The workloads it builds are
+    cached: the runs use them.
     """
-    from meta_opt.experiments.data_source import make_data_source
-    from meta_opt.experiments.trainer import load_task, make_run_mesh
+    from meta_opt.experiments.workload import make_run_mesh, workload_for
 
-    seen = set()
     for exp_cfg, _ in pairs:
         make_run_mesh(exp_cfg)
-        key = (exp_cfg.workload_name, exp_cfg.data_dir, exp_cfg.batch_size, exp_cfg.eval_split)
-        if key in seen:
-            continue
-        seen.add(key)
         try:
-            make_data_source(load_task(exp_cfg), exp_cfg.batch_size, exp_cfg.eval_split)
+            workload_for(exp_cfg)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 (loader errors carry the how-to-fix message)
@@ -167,48 +173,57 @@ def resume_command(args) -> str:
         parts.append("--ray")
     if args.only is not None:
         parts += ["--only", args.only]
+    if args.max_group != 64:
+        parts += ["--max-group", str(args.max_group)]
+    if args.compile_cache is not None:
+        parts += ["--compile-cache", args.compile_cache]
     return shlex.join(parts)
 
 
-def _child_command(args, index: int, position: int) -> list[str]:
+def _child_command(args, indices: list[int], position: int) -> list[str]:
     cmd = [sys.executable, "-m", "meta_opt.cli", "run"]
     if args.config:
         cmd.append(args.config)
     for item in args.overrides:
         cmd += ["--set", item]
-    cmd += ["--out", args.out, "--only", str(index), "--child", "--no-plots",
-            "--position", str(position)]
+    cmd += ["--out", args.out, "--only", ",".join(map(str, indices)), "--child",
+            "--no-plots", "--position", str(position), "--max-group", str(args.max_group)]
+    if args.compile_cache is not None:
+        cmd += ["--compile-cache", args.compile_cache]
     for flag in ("restart", "wandb", "no_progress"):
         if getattr(args, flag):
             cmd.append("--" + flag.replace("_", "-"))
     return cmd
 
 
-def _run_parallel(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
-    """Runs each pair as its own `meta-opt run --only I` process, N at a time."""
-    pending = list(indices)
+def _run_parallel(args, units: list[list[int]], stop: _StopFlag,
+                  on_done) -> dict[int, int]:
+    """Runs each group of pairs as its own `meta-opt run --only I,J,...` process, N at a
+    time; `on_done(indices, code)` is called as each one ends."""
+    pending = list(range(len(units)))
     running: dict[int, subprocess.Popen] = {}
     codes: dict[int, int] = {}
     free = list(range(args.parallel))
     slots: dict[int, int] = {}
     while pending or running:
         while pending and len(running) < args.parallel and not stop():
-            index = pending.pop(0)
-            slots[index] = free.pop(0)
+            unit = pending.pop(0)
+            slots[unit] = free.pop(0)
             # Own session: a terminal Ctrl-C reaches the children once, forwarded by
             # the handler above (twice would abort them without a checkpoint).
-            proc = subprocess.Popen(_child_command(args, index, slots[index]),
+            proc = subprocess.Popen(_child_command(args, units[unit], slots[unit]),
                                     start_new_session=True)
-            running[index] = proc
+            running[unit] = proc
             stop.children.append(proc)
         if stop() and not running:
             break
-        for index, proc in list(running.items()):
+        for unit, proc in list(running.items()):
             code = proc.poll()
             if code is not None:
-                codes[index] = code
-                del running[index]
-                free.append(slots.pop(index))
+                codes.update({i: code for i in units[unit]})
+                del running[unit]
+                free.append(slots.pop(unit))
+                on_done(units[unit], code)
         time.sleep(0.2)
     return codes
 
@@ -223,8 +238,9 @@ def _call_pair(cmd: list[str]) -> int:
         return proc.wait()
 
 
-def _run_ray(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
-    """Runs each pair as a Ray task (one CPU each) executing `meta-opt run --only I`.
+def _run_ray(args, units: list[list[int]], stop: _StopFlag, on_done) -> dict[int, int]:
+    """Runs each group of pairs as a Ray task (one CPU each) executing
+    `meta-opt run --only I,J,...`.
 
     Paths are made absolute so workers on other nodes of a cluster with a shared
     filesystem find the config and the output folder.
@@ -238,30 +254,39 @@ def _run_ray(args, indices: list[int], stop: _StopFlag) -> dict[int, int]:
     if args.config:
         child_args.config = str(Path(args.config).absolute())
     task = ray.remote(num_cpus=1)(_call_pair)
-    refs = {task.remote(_child_command(child_args, i, 0)): i for i in indices}
+    refs = {task.remote(_child_command(child_args, unit, 0)): unit for unit in units}
     codes: dict[int, int] = {}
     cancelled = False
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
         for ref in done:
-            codes[refs[ref]] = ray.get(ref)
+            code = ray.get(ref)
+            codes.update({i: code for i in refs[ref]})
+            on_done(refs[ref], code)
         if stop() and not cancelled:
             for ref in pending:
                 ray.cancel(ref)
             cancelled = True
             for ref in pending:  # cancelled tasks checkpoint and return their exit codes
                 try:
-                    codes[refs[ref]] = ray.get(ref)
+                    code = ray.get(ref)
                 except Exception:  # noqa: BLE001 (a task cancelled before it started)
-                    codes[refs[ref]] = SIGNAL_EXIT[signal.SIGINT]
+                    code = SIGNAL_EXIT[signal.SIGINT]
+                codes.update({i: code for i in refs[ref]})
             pending = []
     return codes
 
 
 def format_table(rows: list[tuple[str, dict]]) -> str:
-    """The comparison table: one row per pair."""
-    header = ("pair", "settings", "loss@end ep1", "loss@end last", "best eval acc", "steps/s")
+    """The comparison table: one row per pair.
+
+    `train steps/s`: the pair's training steps per second of compiled training (in a
+    group, per its share of the group's time); `wall s`: its share of the wall time of
+    the program run that trained it, compiling and logging included.
+    """
+    header = ("pair", "settings", "loss@end ep1", "loss@end last", "best eval acc",
+              "train steps/s", "wall s")
 
     def fmt(v, spec):
         if v is None:
@@ -274,7 +299,8 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
                       fmt(s.get("first_episode_final_loss"), ".4g"),
                       fmt(s.get("last_episode_final_loss"), ".4g"),
                       fmt(s.get("best_eval_accuracy"), ".4f"),
-                      fmt(s.get("steps_per_sec"), ".0f")))
+                      fmt(s.get("steps_per_sec"), ".0f"),
+                      fmt(s.get("wall_seconds"), ".2f")))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for j, line in enumerate(lines):
@@ -286,16 +312,21 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(args) -> int:
+    started = time.perf_counter()
     if args.ray and args.parallel > 1:
         print("use either --parallel N or --ray, not both", file=sys.stderr)
         return EXIT_CONFIG
     if args.parallel < 1:
         print(f"--parallel must be >= 1, got {args.parallel}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.max_group < 1:
+        print(f"--max-group must be >= 1, got {args.max_group}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         from meta_opt.experiments.sweep import apply_overrides
 
-        pairs = load_pairs(args)
+        sweep = load_pairs(args)
+        pairs = sweep.pairs
         indices = _selected(args, len(pairs))
         # Overrides apply to the selected pairs (indices, hence run directories, are kept).
         pairs = apply_overrides(pairs, args.overrides, only=indices)
@@ -304,8 +335,14 @@ def main(args) -> int:
 
             for i in indices:
                 exp_cfg, opt_cfg = pairs[i]
-                print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}")
+                meta = sweep.metadata[i]
+                family = f"  [{meta['family']}]" if meta else ""
+                print(f"{i}: {run_dir_of(args.out, i, exp_cfg, opt_cfg)}  {describe(opt_cfg)}"
+                      f"  seed={exp_cfg.seed}{family}")
             return 0
+        from meta_opt.experiments.compile_cache import enable_compile_cache
+
+        enable_compile_cache(args.compile_cache)  # before anything compiles
         precheck([pairs[i] for i in indices])
         if args.wandb:
             _check_wandb()
@@ -314,11 +351,13 @@ def main(args) -> int:
     except (ConfigError, KeyError, RuntimeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if sweep.study is not None and not args.child:
+        _write_study(args, sweep)
 
     stop = _StopFlag()
     previous = {s: signal.signal(s, stop.handle) for s in SIGNAL_EXIT}
     try:
-        failed = _run(args, pairs, indices, stop)
+        failed = _run(args, sweep, indices, stop)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -329,7 +368,7 @@ def main(args) -> int:
               f"Resume with:\n  {resume_command(args)}", file=sys.stderr)
         return SIGNAL_EXIT[stop.signum]
     if not args.child:
-        _report(args, pairs, indices)
+        _report(args, pairs, indices, time.perf_counter() - started)
     if failed:
         print(f"\n{len(failed)} pair(s) failed: {sorted(failed)}; see the errors above. "
               f"Fix and run the same command again: completed pairs are skipped.",
@@ -338,49 +377,67 @@ def main(args) -> int:
     return 0
 
 
-def _run(args, pairs, indices, stop: _StopFlag) -> dict[int, int]:
+def _write_study(args, sweep) -> None:
+    """Records the study's declaration next to its pairs (what `meta-opt report` reads)."""
+    from meta_opt.experiments.run_dir import write_json_atomic
+    from meta_opt.experiments.study import STUDY_FILE
+
+    folder = Path(args.out) / sweep.study.experiment.experiment_name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / STUDY_FILE, sweep.study.to_dict())
+
+
+def _run(args, sweep, indices, stop: _StopFlag) -> dict[int, int]:
     """Runs the selected pairs; returns {index: exit code} of the pairs that failed.
 
-    A failing pair does not stop the sweep: the others still run and the table shows
-    every pair that completed.
+    Pairs of one structure run together as one program (at most `--max-group`). A failing
+    group does not stop the sweep: the others still run and the table shows every pair
+    that completed.
     """
-    from meta_opt.experiments.run_pair import Interrupted, run_pair
+    from meta_opt.experiments.grouping import plan_groups
+    from meta_opt.experiments.progress import Progress, progress_mode
+    from meta_opt.experiments.run_dir import RunDir
+    from meta_opt.experiments.run_group import Interrupted, Member, run_group
 
-    if args.ray:
-        codes = _run_ray(args, indices, stop)
-        return {i: c for i, c in codes.items() if c != 0 and c not in SIGNAL_EXIT.values()}
-    if args.parallel > 1 and len(indices) > 1:
-        codes = _run_parallel(args, indices, stop)
+    pairs = sweep.pairs
+    units = plan_groups(pairs, indices, args.max_group)
+    progress = Progress(len(indices), progress_mode(not args.no_progress),
+                        position=args.position)
+    if args.ray or (args.parallel > 1 and len(units) > 1):
+        def on_done(unit, code):
+            for i in unit:
+                rd = RunDir(run_dir_of(args.out, i, *pairs[i]))
+                if rd.is_complete():
+                    progress.pair_done(rd.path.name, rd.read_summary())
+                else:
+                    progress.pair_failed(rd.path.name, code)
+
+        run = _run_ray if args.ray else _run_parallel
+        codes = run(args, units, stop, on_done)
         return {i: c for i, c in codes.items() if c != 0 and c not in SIGNAL_EXIT.values()}
     failed = {}
-    for index in indices:
-        exp_cfg, opt_cfg = pairs[index]
-        run_dir = run_dir_of(args.out, index, exp_cfg, opt_cfg)
+    for unit in units:
+        members = [Member(*pairs[i], run_dir_of(args.out, i, *pairs[i]),
+                          metadata=sweep.metadata[i]) for i in unit]
+        where = ", ".join(f"{i} ({m.run_dir})" for i, m in zip(unit, members, strict=True))
         try:
-            run_pair(exp_cfg, opt_cfg, run_dir, label=run_dir.name,
-                     progress=not args.no_progress and _tty_or_forced(),
-                     position=args.position, wandb=args.wandb, restart=args.restart,
-                     should_stop=stop)
+            run_group(members, progress=progress, wandb=args.wandb, restart=args.restart,
+                      should_stop=stop)
         except Interrupted:
             break
         except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
-            print(f"config error in pair {index} ({run_dir}): {e}", file=sys.stderr)
-            failed[index] = EXIT_CONFIG
+            print(f"config error in pair(s) {where}: {e}", file=sys.stderr)
+            failed.update({i: EXIT_CONFIG for i in unit})
         except Exception:  # noqa: BLE001 (report, keep running the other pairs)
             traceback.print_exc()
-            print(f"pair {index} ({run_dir}) failed; continuing with the others",
-                  file=sys.stderr)
-            failed[index] = EXIT_FAILED
+            print(f"pair(s) {where} failed; continuing with the others", file=sys.stderr)
+            failed.update({i: EXIT_FAILED for i in unit})
         if stop():
             break
     return failed
 
 
-def _tty_or_forced() -> bool:
-    return sys.stderr.isatty() or os.environ.get("META_OPT_PROGRESS") == "1"
-
-
-def _report(args, pairs, indices) -> None:
+def _report(args, pairs, indices, seconds: float) -> None:
     from meta_opt.experiments.run_dir import RunDir
 
     rows = []
@@ -392,6 +449,8 @@ def _report(args, pairs, indices) -> None:
         return
     print()
     print(format_table(rows))
+    print(f"\n{len(rows)} pair(s) in {seconds:.1f} s (train steps/s: per second of compiled "
+          f"training; wall s: each pair's share of its program's wall time)")
     experiments = sorted({Path(args.out) / pairs[i][0].experiment_name for i in indices})
     if args.no_plots:
         print(f"\nplot with: meta-opt plot {' '.join(map(str, experiments))}")

@@ -4,9 +4,10 @@
         config.json          the pair ({"experiment": ..., "optimizer": ...})
         metrics.jsonl        one JSON object per logged step
         tensorboard/         TensorBoard event files
-        checkpoints/<step>/  orbax checkpoints (latest few)
+        checkpoints/<step>/  checkpoints (latest few; state.msgpack + meta.json)
         summary.json         written when the run completes
         controller.npz       MetaOpt's final controller (MetaOpt pairs only)
+        study_member.json    family, grid point and seed (pairs of a study only)
 
 A directory whose `config.json` differs from the requested pair is never silently reused:
 the runner stops and says which fields differ.
@@ -47,6 +48,17 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
+def _normalized(pair_dict: dict[str, Any]) -> dict[str, Any]:
+    """A stored pair as this version writes it (fields added since get their defaults), so
+    an older run directory of the same pair is still recognised as the same run."""
+    from meta_opt.experiments.sweep import pair_from_dict, pair_to_dict
+
+    try:
+        return pair_to_dict(*pair_from_dict(pair_dict))
+    except (ConfigError, KeyError, TypeError):
+        return pair_dict
+
+
 class RunDir:
     """Paths of one pair's run directory and the checks made before (re)using it."""
 
@@ -74,7 +86,7 @@ class RunDir:
                 if child.name != LOCK_FILE:  # held by this process (see `lock`)
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         if self.config.exists():
-            existing = json.loads(self.config.read_text())
+            existing = _normalized(json.loads(self.config.read_text()))
             if existing != pair_dict:
                 diffs = "; ".join(_diff(existing, pair_dict)[:8])
                 raise ConfigError(

@@ -1,5 +1,8 @@
 """Sweeps: a Python config file's `get_config()` list of (ExperimentConfig, OptimizerConfig).
 
+`get_config()` may also return a `Study` (`study.py`): tuned families with grids and
+seeds, expanded here into ordinary pairs plus each pair's study metadata (`read_sweep`).
+
 `load_sweep(path)` imports the file and checks what it returns; `apply_overrides(pairs,
 ["experiment.num_iters=50", "MetaOpt.H=3", "pair2.momentum=0.9"])` changes fields of the
 pairs each `--set` targets (values parse as JSON, else stay strings) and rejects keys no
@@ -24,8 +27,44 @@ from meta_opt.optimizers.config import parse_override_value as parse_value
 Pair = tuple[ExperimentConfig, OptimizerConfig]
 
 
+@dataclasses.dataclass
+class Sweep:
+    """The pairs of a sweep, with each pair's study metadata (None outside a study).
+
+    Attributes:
+      pairs: the (ExperimentConfig, OptimizerConfig) pairs, in run-directory index order.
+      metadata: per pair, what the study records about it (family, grid point, seed).
+      study: the `Study` the pairs were expanded from, or None for a plain list.
+    """
+
+    pairs: list[Pair]
+    metadata: list[dict[str, Any] | None]
+    study: Any = None
+
+
+def as_sweep(spec: Any, where: str = "get_config()") -> Sweep:
+    """A `Sweep` from what `get_config()` returned: a list of pairs or a `Study`."""
+    from meta_opt.experiments.study import Study
+
+    if isinstance(spec, Study):
+        pairs, metadata = spec.expand()
+        return Sweep(pairs, metadata, spec)
+    pairs = check_pairs(spec, where)
+    return Sweep(pairs, [None] * len(pairs))
+
+
+def read_sweep(path: str | Path) -> Sweep:
+    """Imports the config file at `path` and returns its sweep (checked)."""
+    return as_sweep(_get_config(path), where=str(path))
+
+
 def load_sweep(path: str | Path) -> list[Pair]:
     """Imports the config file at `path` and returns its `get_config()` pairs (checked)."""
+    return read_sweep(path).pairs
+
+
+def _get_config(path: str | Path) -> Any:
+    """What the config file's `get_config()` returns."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass a path to a .py file "
@@ -40,12 +79,18 @@ def load_sweep(path: str | Path) -> list[Pair]:
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(f"config file '{path}' must define get_config() returning a list of "
-                          f"(ExperimentConfig, OptimizerConfig) pairs")
-    return check_pairs(get_config(), where=str(path))
+                          f"(ExperimentConfig, OptimizerConfig) pairs or a Study")
+    return get_config()
 
 
 def check_pairs(pairs: Any, where: str = "get_config()") -> list[Pair]:
-    """Returns `pairs` as a list, or raises a ConfigError saying which entry is malformed."""
+    """Returns `pairs` as a list, or raises a ConfigError saying which entry is malformed.
+
+    A `Study` is expanded into its pairs."""
+    from meta_opt.experiments.study import Study
+
+    if isinstance(pairs, Study):
+        return pairs.expand()[0]
     if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], ExperimentConfig):
         pairs = [pairs]
     if not isinstance(pairs, (list, tuple)) or not pairs:

@@ -58,7 +58,10 @@ def with_grad_clip(
 
 
 def _none_if_zero(x: float) -> float | None:
-    return None if x == 0 else x
+    # Only a Python number can be zero here: the runner passes a grid's non-zero
+    # hyperparameters as traced values (zeros stay constants), see
+    # meta_opt.experiments.hyperparams.
+    return None if isinstance(x, (int, float)) and x == 0 else x
 
 
 @register_optimizer
@@ -96,7 +99,7 @@ class SGDConfig(OptimizerConfig):
             momentum=_none_if_zero(self.momentum),
             nesterov=self.nesterov,
         )
-        if self.weight_decay:
+        if _none_if_zero(self.weight_decay) is not None:
             # Coupled (L2) decay, as in torch.optim.SGD: added to the gradient before momentum.
             tx = optax.chain(optax.add_decayed_weights(self.weight_decay), tx)
         return with_grad_clip(tx, self.grad_clip)

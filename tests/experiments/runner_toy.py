@@ -19,15 +19,18 @@ from meta_opt.optimizers.config import OptimizerConfig, register_optimizer
 from meta_opt.tasks import Task, is_task, register_task
 
 TOY_TASK = "_RunnerToy"
+# The same task with a test split of NaN inputs: whatever reads it sees NaN.
+TOY_TASK_NAN_TEST = "_RunnerToyNanTest"
 SPLIT_IDS = {"train": 0, "inner_valid": 1, "outer_valid": 2, "test": 3}
 
 
 class ToyTask(Task):
     """Softmax regression, 6 features, 3 classes; labels from a fixed linear rule."""
 
-    def __init__(self, batch_size: int = 16, data_dir=None):
+    def __init__(self, batch_size: int = 16, data_dir=None, nan_test: bool = False):
         del data_dir
         self.batch_size = batch_size
+        self.nan_test = nan_test
         rng = np.random.default_rng(0)
         w = rng.normal(size=(6, 3))
         self.data_arrays = {}
@@ -38,10 +41,13 @@ class ToyTask(Task):
                 "y": jnp.asarray(np.argmax(x @ w, axis=1).astype(np.int32)),
                 "split_id": jnp.full((64,), sid, jnp.int32),
             }
+        if nan_test:
+            test = self.data_arrays["test"]
+            self.data_arrays["test"] = {**test, "x": jnp.full_like(test["x"], jnp.nan)}
 
     @property
     def name(self):
-        return TOY_TASK
+        return TOY_TASK_NAN_TEST if self.nan_test else TOY_TASK
 
     def init(self, key):
         k1, k2 = jax.random.split(key)
@@ -103,3 +109,6 @@ def register() -> None:
     """
     if not is_task(TOY_TASK):
         register_task(TOY_TASK, ToyTask)
+    if not is_task(TOY_TASK_NAN_TEST):
+        register_task(TOY_TASK_NAN_TEST,
+                      lambda batch_size=16, data_dir=None: ToyTask(batch_size, data_dir, True))

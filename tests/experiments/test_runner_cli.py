@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import runner_toy as toy
@@ -59,14 +60,17 @@ def test_run_writes_every_file_and_prints_table_and_plots(sweep, capsys):
         cfg = json.loads((d / "config.json").read_text())
         assert ExperimentConfig.from_dict(cfg["experiment"]) == ExperimentConfig(**EXP)
         records = read_jsonl(d / "metrics.jsonl")
-        assert [r["global_step"] for r in records] == [4, 8, 12, 16]
-        assert all(REQUIRED <= set(r) and "eval_loss" in r and "eval_accuracy" in r
-                   for r in records)
-        assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+        # Each episode opens with a step-0 line: the loss before any update (and eval).
+        assert [(r["episode"], r["step"]) for r in records] == [
+            (0, 0), (0, 4), (0, 8), (1, 0), (1, 4), (1, 8)]
+        assert [r["global_step"] for r in records] == [0, 4, 8, 8, 12, 16]
+        assert all(REQUIRED <= set(r) for r in records if r["step"] > 0)
+        assert all("eval_loss" in r and "eval_accuracy" in r for r in records)
+        assert list((d / "tensorboard").rglob("events.out.tfevents.*"))
         assert sorted(int(p.name) for p in (d / "checkpoints").iterdir()) == [12, 16]
         summary = json.loads((d / "summary.json").read_text())
         assert summary["last_episode_final_loss"] == records[-1]["train_loss"]
-        assert summary["first_episode_final_loss"] == records[1]["train_loss"]
+        assert summary["first_episode_final_loss"] == records[2]["train_loss"]
         assert len(summary["episodes"]) == 2
     meta = read_jsonl(exp_dir / "1_MetaOpt" / "metrics.jsonl")[-1]
     assert {"M_0", "M_1", "grad_M_0", "gpc_cost", "total_bytes"} <= set(meta)
@@ -129,9 +133,9 @@ def test_deploy_frozen_controller_from_run_dir(sweep, tmp_path):
     exp = ExperimentConfig(**{**EXP, "num_episodes": 1, "experiment_name": "deploy"})
     run_pair(exp, cfg, tmp_path / "deploy", progress=False)
     records = read_jsonl(tmp_path / "deploy" / "metrics.jsonl")
-    for r in records:  # frozen: the logged coefficients stay the loaded controller's
+    for r in records[1:]:  # frozen: the logged coefficients stay the loaded controller's
         np.testing.assert_allclose([r["M_0"], r["M_1"]], saved["M"], rtol=1e-6)
-    assert records[-1]["train_loss"] < records[0]["train_loss_mean"]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]  # step 0: before any update
 
 
 def test_metaopt_stopped_and_resumed_matches_uninterrupted(sweep, tmp_path):
@@ -139,14 +143,13 @@ def test_metaopt_stopped_and_resumed_matches_uninterrupted(sweep, tmp_path):
     _, out = sweep
     exp = ExperimentConfig(**EXP)
     opt = MetaOptConfig(H=2, HH=2, m_method="scalar", meta_learning_rate=1e-2)
-    trainer = Trainer(exp, opt)
     polls = iter(range(100))
     with pytest.raises(Interrupted) as e:  # stop after the 3rd chunk: mid-episode 1
-        run_pair(exp, opt, tmp_path / "m", progress=False, trainer=trainer,
+        run_pair(exp, opt, tmp_path / "m", progress=False,
                  should_stop=lambda: next(polls) == 2)
     assert e.value.global_step == 12
     assert not (tmp_path / "m" / "summary.json").exists()
-    run_pair(exp, opt, tmp_path / "m", progress=False, trainer=trainer)
+    run_pair(exp, opt, tmp_path / "m", progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "step_time"} for r in rs]
     assert strip(read_jsonl(tmp_path / "m" / "metrics.jsonl")) == strip(
         read_jsonl(out / "cli" / "1_MetaOpt" / "metrics.jsonl"))
@@ -223,7 +226,7 @@ def test_run_dir_in_use_is_refused_and_restart_starts_over(sweep, tmp_path):
     summary = run_pair(other, opt, rd.path, progress=False, restart=True)
     assert json.loads((rd.path / "config.json").read_text())["experiment"]["seed"] == 5
     assert summary == json.loads((rd.path / "summary.json").read_text())
-    assert len(read_jsonl(rd.path / "metrics.jsonl")) == 2
+    assert len(read_jsonl(rd.path / "metrics.jsonl")) == 3  # step 0, 4, 8
 
 
 def test_wandb_logs_every_metrics_line(sweep, tmp_path, monkeypatch):
@@ -265,4 +268,97 @@ def test_nonfinite_and_missing_values_are_kept_visible(tmp_path):
                                      "first_episode_final_loss": "nan",
                                      "last_episode_final_loss": None})])
     row = table.splitlines()[-1].split()
-    assert row == ["0_SGD", "learning_rate=10", "nan", "-", "-", "5"]
+    assert row == ["0_SGD", "learning_rate=10", "nan", "-", "-", "5", "-"]
+
+
+def _events(folder: Path):
+    """Every Event in the TensorBoard files under `folder` (TFRecord framing, parsed with
+    the protobufs tensorboardX ships: no TensorBoard install needed)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            out.append((path.parent, event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])))
+            pos += 12 + length + 4
+    return out
+
+
+def test_tensorboard_groups_scalars_names_runs_and_records_hparams(sweep):
+    from tensorboardX.proto import plugin_hparams_pb2
+
+    _, out = sweep
+    pair = out / "cli" / "1_MetaOpt"
+    events = _events(pair / "tensorboard")
+    folders = {folder.name for folder, _ in events}
+    assert folders == {"1_MetaOpt (H=2, meta_learning_rate=0.01)"}  # what TensorBoard shows
+    scalars = {}
+    for _, e in events:
+        for v in e.summary.value:
+            if v.HasField("simple_value"):
+                scalars.setdefault(v.tag, []).append((e.step, v.simple_value))
+    assert {"train/loss", "train/loss_mean", "train/accuracy", "eval/loss", "eval/accuracy",
+            "time/step_time", "metaopt/M_0", "metaopt/gpc_cost"} <= set(scalars)
+    assert {tag.split("/")[0] for tag in scalars} == {"train", "eval", "time", "metaopt"}
+    assert not {"episode", "step", "global_step"} & {t.split("/")[-1] for t in scalars}
+    records = read_jsonl(pair / "metrics.jsonl")
+    assert [s for s, _ in scalars["train/loss"]] == [r["global_step"] for r in records]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]],
+                               [r["train_loss"] for r in records], rtol=1e-6)
+    plugin = [v.metadata.plugin_data for _, e in events for v in e.summary.value
+              if v.tag == "_hparams_/session_start_info"]
+    assert len(plugin) == 1 and plugin[0].plugin_name == "hparams"
+    start = plugin_hparams_pb2.HParamsPluginData.FromString(plugin[0].content)
+    hparams = start.session_start_info.hparams
+    assert hparams["optimizer"].string_value == "MetaOpt"
+    assert hparams["optimizer.H"].number_value == 2
+    assert hparams["optimizer.meta_learning_rate"].number_value == pytest.approx(0.01)
+    assert hparams["experiment.seed"].number_value == EXP["seed"]
+    assert hparams["experiment.workload_name"].string_value == toy.TOY_TASK
+
+
+def test_each_episode_opens_with_the_loss_before_any_update(sweep):
+    """The step-0 line: the loss and evaluation of the episode's fresh params, on the batch
+    of step 0, computed here from the task directly."""
+    _, out = sweep
+    exp = ExperimentConfig(**EXP)
+    trainer = Trainer(exp, toy.ToySGDConfig(momentum=0.9))
+    records = read_jsonl(out / "cli" / "0__ToySGD" / "metrics.jsonl")
+    task = trainer.task
+    for episode in range(exp.num_episodes):
+        (line,) = [r for r in records if (r["episode"], r["step"]) == (episode, 0)]
+        assert line["global_step"] == episode * exp.num_iters
+        params, state = task.init_with_state(Trainer.episode_init_key(trainer.rng, episode))
+        start = trainer.init().replace(episode=jnp.int32(episode))
+        loss, _, aux = task.loss_with_state_and_aux(params, state, None,
+                                                    trainer.train_batch(start))
+        np.testing.assert_allclose(line["train_loss"], float(loss), rtol=1e-6)
+        np.testing.assert_allclose(line["train_accuracy"], float(aux["accuracy"]), rtol=1e-6)
+        batch = trainer.eval_batch(0)
+        eval_loss = task.loss_with_state_and_aux(params, state, None, batch)[0]
+        np.testing.assert_allclose(line["eval_loss"], float(eval_loss), rtol=1e-6)
+        first_chunk = [r for r in records if r["episode"] == episode and r["step"] > 0][0]
+        assert first_chunk["train_loss"] < line["train_loss"]  # training started from it
+
+
+def test_a_run_dir_from_before_a_new_config_field_is_still_the_same_pair(sweep, tmp_path):
+    """config.json written before `valid_split` existed: the field takes its default, the
+    run is recognised as the same pair (complete: skipped), not refused as different."""
+    import shutil
+
+    config, out = sweep
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    path = copy / "cli" / "0__ToySGD" / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["experiment"]["valid_split"]
+    path.write_text(json.dumps(stored))
+    before = (copy / "cli" / "0__ToySGD" / "metrics.jsonl").read_text()
+    assert cli.main(["run", str(config), "--out", str(copy), "--only", "0", "--no-progress",
+                     "--no-plots"]) == 0
+    assert (copy / "cli" / "0__ToySGD" / "metrics.jsonl").read_text() == before

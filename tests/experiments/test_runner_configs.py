@@ -11,14 +11,15 @@ import pytest
 from meta_opt import cli
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.default_sweep import get_config as default_sweep
+from meta_opt.experiments.grouping import plan_groups
 from meta_opt.experiments.metrics import read_jsonl
-from meta_opt.experiments.sweep import load_sweep
+from meta_opt.experiments.sweep import load_sweep, read_sweep
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("name", ["default.py", "mnist_fullbatch_episodes.py",
-                                  "sgd_lr_sweep.py"])
+                                  "sgd_lr_sweep.py", "digits_study.py"])
 def test_shipped_configs_load(name):
     pairs = load_sweep(CONFIGS / name)
     assert pairs and all(isinstance(e, ExperimentConfig) for e, _ in pairs)
@@ -29,6 +30,14 @@ def test_shipped_configs_load(name):
     if name == "sgd_lr_sweep.py":
         assert set(names) == {"SGD"}
         assert len({o.learning_rate for _, o in pairs}) >= 4
+        assert len(plan_groups(pairs, list(range(len(pairs))))) == 2  # momentum 0 and 0.9
+    if name == "digits_study.py":
+        study = read_sweep(CONFIGS / name).study
+        assert study is not None and len(study.seeds) == 3
+        tuned = [f for f in study.families if f.tuned]
+        assert {f.name for f in tuned} == {"SGD", "Momentum 0.9", "AdamW"}
+        assert all(len(f.points()) >= 5 for f in tuned)
+        assert len(plan_groups(pairs, list(range(len(pairs))))) == len(study.families)
 
 
 def test_default_sweep_is_the_documented_comparison():
@@ -57,7 +66,7 @@ def test_default_run_writes_every_file(tmp_path, capsys):
             assert (d / f).is_file(), f
         assert list((d / "tensorboard").iterdir()) and list((d / "checkpoints").iterdir())
         records = read_jsonl(d / "metrics.jsonl")
-        assert len(records) == 4 and "eval_accuracy" in records[-1]
+        assert len(records) == 6 and "eval_accuracy" in records[-1]  # 2 x (step 0 + 2 chunks)
         summary = json.loads((d / "summary.json").read_text())
         assert summary["last_episode_final_loss"] < 2.3  # below chance (log 10) for 10 classes
     assert (exp_dir / "0_MetaOpt" / "controller.npz").is_file()

@@ -43,6 +43,8 @@ def test_experiment_config_json_round_trip():
     (dict(batch_size=10, num_batch_devices=4), "divisible by num_batch_devices"),
     (dict(eval_split="valid"), "must be one of inner_valid, outer_valid, test, train"),
     (dict(num_episodes=0), "num_episodes must be > 0"),
+    (dict(valid_split="test"), "valid_split must be one of inner_valid, outer_valid"),
+    (dict(seed=2**32), "seed must be below 2**32"),
 ])
 def test_bad_experiment_configs_fail_with_valid_choices(changes, message):
     with pytest.raises(ConfigError) as e:
@@ -221,16 +223,16 @@ def test_resume_on_a_2x4_mesh_is_exact_and_keeps_the_shardings(tmp_path):
 
     with pytest.raises(Interrupted):
         run_pair(cfg, METAOPT, tmp_path / "stopped", progress=False,
-                 should_stop=stop_after_three, trainer=trainer)
-    run_pair(cfg, METAOPT, tmp_path / "stopped", progress=False, trainer=trainer)
-    run_pair(cfg, METAOPT, tmp_path / "straight", progress=False, trainer=trainer)
+                 should_stop=stop_after_three)
+    run_pair(cfg, METAOPT, tmp_path / "stopped", progress=False)
+    run_pair(cfg, METAOPT, tmp_path / "straight", progress=False)
 
     def drop_timing(records):
         return [{k: v for k, v in r.items() if k != "step_time"} for r in records]
 
     got = drop_timing(read_jsonl(tmp_path / "stopped" / "metrics.jsonl"))
     want = drop_timing(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
-    assert len(want) == 4 and got == want  # exact float equality
+    assert len(want) == 6 and got == want  # exact float equality
     template = trainer.init()
     resumed, _ = Checkpointer(tmp_path / "stopped" / "checkpoints").restore(template)
     straight, _ = Checkpointer(tmp_path / "straight" / "checkpoints").restore(template)

@@ -9,6 +9,7 @@ process leave metrics lines past its last checkpoint, which resume must cut and 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import runner_toy as toy
 
 from meta_opt.experiments.checkpoints import Checkpointer
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import read_jsonl
-from meta_opt.experiments.run_pair import run_pair
+from meta_opt.experiments.run_pair import Interrupted, run_pair
 
 REPO = Path(__file__).resolve().parents[2]
 EXP = dict(experiment_name="resume", workload_name=toy.TOY_TASK, seed=3, num_episodes=2,
@@ -90,7 +92,8 @@ def test_killed_and_stopped_runs_resume_bit_for_bit(tmp_path):
     run_pair(ExperimentConfig(**EXP), toy.ToySGDConfig(learning_rate=0.3, momentum=0.9),
              ref_dir, progress=False)
     got, want = read_jsonl(metrics), read_jsonl(ref_dir / "metrics.jsonl")
-    assert len(want) == EXP["num_episodes"] * EXP["num_iters"] // EXP["log_every"]
+    chunks = EXP["num_episodes"] * EXP["num_iters"] // EXP["log_every"]
+    assert len(want) == chunks + EXP["num_episodes"]  # and a step-0 line per episode
     assert [r["global_step"] for r in got] == [r["global_step"] for r in want]
     assert _without_timing(got) == _without_timing(want)  # exact float equality
 
@@ -101,3 +104,27 @@ def test_killed_and_stopped_runs_resume_bit_for_bit(tmp_path):
     assert len(leaves) == len(ref_leaves) > 0
     for a, b in zip(leaves, ref_leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_after_a_kill_past_an_episode_start_keeps_one_step0_line(tmp_path):
+    """Killed after episode 1's step-0 line was written but before its next checkpoint:
+    the newest checkpoint is episode 0's end, at the same global step as that line. The
+    resumed metrics must hold the line once, as an uninterrupted run does."""
+    exp = ExperimentConfig(**{**EXP, "num_iters": 8, "log_every": 4, "checkpoint_every": 8,
+                              "eval_every": 4})
+    opt = toy.ToySGDConfig(learning_rate=0.3, momentum=0.9)
+    polls = iter(range(100))
+    run_dir = tmp_path / "killed"
+    with pytest.raises(Interrupted):  # after episode 1's first chunk; checkpoints step 4
+        run_pair(exp, opt, run_dir, progress=False, should_stop=lambda: next(polls) == 2)
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    assert ckpt.steps() == [8, 12]
+    shutil.rmtree(ckpt.directory / "12")  # as if killed before that save
+    assert [(r["episode"], r["step"]) for r in read_jsonl(run_dir / "metrics.jsonl")][-2:] == [
+        (1, 0), (1, 4)]
+    run_pair(exp, opt, run_dir, progress=False)
+    run_pair(exp, opt, tmp_path / "straight", progress=False)
+    got = read_jsonl(run_dir / "metrics.jsonl")
+    assert [(r["episode"], r["step"]) for r in got].count((1, 0)) == 1
+    assert _without_timing(got) == _without_timing(read_jsonl(tmp_path / "straight" /
+                                                              "metrics.jsonl"))
