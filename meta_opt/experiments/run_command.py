@@ -329,7 +329,7 @@ def main(args) -> int:
         pairs = sweep.pairs
         indices = _selected(args, len(pairs))
         # Overrides apply to the selected pairs (indices, hence run directories, are kept).
-        pairs = apply_overrides(pairs, args.overrides, only=indices)
+        pairs = sweep.pairs = apply_overrides(pairs, args.overrides, only=indices)
         if args.list:
             from meta_opt.experiments.sweep import describe
 

@@ -109,16 +109,18 @@ def test_a_pair_differing_only_in_numbers_or_seed_compiles_nothing(tmp_path):
     assert program.value_paths == ("learning_rate", "momentum")
 
 
-def test_structure_decides_sharing_and_numbers_a_builder_needs_stay_constants():
+def test_structure_decides_sharing_and_zero_is_structure():
     cfg = exp(experiment_name="structure")
     base = MetaOptConfig(H=2, HH=2, base_learning_rate=0.1)
     program = program_for(cfg, base)
-    # MetaOpt's builder compares base_learning_rate with 0 in Python: it stays a constant.
-    assert "base_learning_rate" not in program.value_paths
-    assert {"meta_learning_rate", "weight_decay"} <= set(program.value_paths)
+    # A nonzero base learning rate is a value (MetaOpt records the rates it plays), but
+    # zero is structure: with eta = 0 MetaOpt compiles the cheaper fake rollout.
+    assert {"base_learning_rate", "meta_learning_rate", "weight_decay"} <= set(
+        program.value_paths)
     assert program_for(cfg, base.replace(meta_learning_rate=0.5)) is program
     assert program_for(cfg.replace(seed=3), base) is program
-    assert program_for(cfg, base.replace(base_learning_rate=0.2)) is not program
+    assert program_for(cfg, base.replace(base_learning_rate=0.2)) is program
+    assert program_for(cfg, base.replace(base_learning_rate=0.0)) is not program
     assert program_for(cfg, base.replace(H=3)) is not program
     assert program_for(cfg.replace(log_every=2), base) is not program  # another chunk
     # The loop's lengths and cadences are not compiled: same program, but not one group.
