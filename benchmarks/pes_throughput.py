@@ -1,7 +1,8 @@
 """Inner steps per second of PES meta-training against plain vmapped Adam training.
 
-The seed-001 setup with the 8x8-digits MLP (ImageMLP_Digits8_Relu32) in place of
-Fashion-MNIST: TruncatedPES, LogUniformLengthSchedule(100, 300), trunc_length 50,
+The setup of learned_optimization's "Meta-training with GradientLearner" tutorial (as in
+examples/lopt_seed001_gradient_learner.py) with the 8x8-digits MLP (ImageMLP_Digits8_Relu32)
+in place of Fashion-MNIST: TruncatedPES, LogUniformLengthSchedule(100, 300), trunc_length 50,
 num_tasks 4 and 16. One PES meta-step advances num_tasks inner runs by trunc_length steps
 (each step runs twice: the antithetic pair), so PES pays at least 2x plain training; the
 target is <= 2.5x. The baseline trains the same tasks with optax Adam in one jitted

@@ -1,7 +1,10 @@
-# ruff: noqa: B007, E741 - the seed tutorial's code is kept as written
-"""Seed 001 (learned_optimization tutorial part 4), run on meta_opt: MLPLOpt meta-trained
-with two TruncatedPES estimators by `SingleMachineGradientLearner`, then the manual
-central-learner / worker loop (`GradientLearner` + `gradient_worker_compute`).
+# ruff: noqa: B007, E741 - the tutorial's code is kept as written
+"""learned_optimization's tutorial "Meta-training with GradientLearner" run on meta_opt.
+
+The tutorial (part 4 or 5, by the version of its docs; in
+https://github.com/google/learned_optimization/tree/main/docs/notebooks) meta-trains
+MLPLOpt with two TruncatedPES estimators by `SingleMachineGradientLearner`, then runs the
+manual central-learner / worker loop (`GradientLearner` + `gradient_worker_compute`).
 
 The code is the tutorial's with the package name replaced in its imports (meta_opt gives
 each learned_optimization module path a same-named home, docs/learned_optimizers.md),
@@ -9,7 +12,7 @@ each learned_optimization module path a same-named home, docs/learned_optimizers
 digits MLP standing in for Fashion-MNIST so that it runs offline. As in the tutorial, the
 first loop passes the same `key` to every update: the learner folds its meta-step into
 the key, so every meta-step still trains on fresh batches and perturbations.
-`LOPT_META_TRAIN_LENGTH` sets the number of meta-steps (default 500, as in the seed).
+`LOPT_META_TRAIN_LENGTH` sets the number of meta-steps (default 500, as in the tutorial).
 """
 
 import os
@@ -26,7 +29,7 @@ from meta_opt.tasks import quadratics
 from meta_opt.tasks.image_mlp import ImageMLP_Digits8_Relu32
 
 
-class image_mlp:  # noqa: N801 - stands in for the seed's `image_mlp` module
+class image_mlp:  # noqa: N801 - stands in for the tutorial's `image_mlp` module
     ImageMLP_FashionMnist8_Relu32 = staticmethod(ImageMLP_Digits8_Relu32)
 
 
@@ -88,7 +91,7 @@ max_length = 300
 trunc_sched = truncation_schedule.LogUniformLengthSchedule(min_length=100, max_length=max_length)
 
 
-def grad_est_fn(task_family):  # noqa: F811 - redefined as in the seed
+def grad_est_fn(task_family):  # noqa: F811 - redefined as in the tutorial
     return truncated_pes.TruncatedPES(
         task_family=task_family,
         learned_opt=lopt,

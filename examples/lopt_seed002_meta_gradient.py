@@ -1,12 +1,15 @@
-# ruff: noqa: B007, E741 - the seed tutorial's code is kept as written
-"""Seed 002 (learned_optimization tutorial part 1), run on meta_opt: LearnableAdam's
-meta-gradient through a 4-step unroll, then meta-training that raises the learning rate.
+# ruff: noqa: B007, E741 - the tutorial's code is kept as written
+"""learned_optimization's tutorial "Part 1: Introduction" run on meta_opt.
+
+The tutorial (in https://github.com/google/learned_optimization/tree/main/docs/notebooks)
+takes LearnableAdam's meta-gradient through a 4-step unroll, then meta-trains it, which
+raises the learning rate.
 
 The code below is the tutorial's with the package name replaced in its imports (meta_opt
 gives each learned_optimization module path a same-named home), and the 8x8 digits MLP
 standing in for the Fashion-MNIST one (bundled with scikit-learn, so the example runs
-offline). `LOPT_META_TRAIN_LENGTH` shortens the 2000-step meta-training (as in seed 001)
-for tests.
+offline). `LOPT_META_TRAIN_LENGTH` shortens the 2000-step meta-training for tests (the
+same variable as in `lopt_seed001_gradient_learner.py`).
 """
 
 import os
@@ -19,7 +22,7 @@ from meta_opt.optimizers import base as opt_base
 from meta_opt.tasks.image_mlp import ImageMLP_Digits8_Relu32
 
 
-class image_mlp:  # noqa: N801 - stands in for the seed's `image_mlp` module
+class image_mlp:  # noqa: N801 - stands in for the tutorial's `image_mlp` module
     ImageMLP_FashionMnist8_Relu32 = staticmethod(ImageMLP_Digits8_Relu32)
 
 

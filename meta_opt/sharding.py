@@ -30,6 +30,7 @@ def make_mesh(
       num_batch_devices: devices the batch dimension is split over.
       num_opt_devices: devices optimizer-state buffers are split over.
       devices: the devices to use; default the first `product` of `jax.devices()`.
+
     Returns:
       A `jax.sharding.Mesh`.
     """

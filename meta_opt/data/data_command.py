@@ -16,6 +16,7 @@ _BUILTIN = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `status` and `fetch` actions and their options to `meta-opt data`'s parser."""
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     status = sub.add_parser("status", help="list datasets and their files, present or not")
     status.add_argument("--data-dir", default=None, help="folder searched first")
@@ -57,6 +58,7 @@ def fetch(name: str, data_dir=None, out=None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Runs the parsed `meta-opt data` action; returns the process exit status."""
     if args.data_command == "status":
         return status(args.data_dir)
     return fetch(args.name, args.data_dir)

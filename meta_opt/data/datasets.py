@@ -19,7 +19,10 @@ class Datasets:
     """Four infinite iterators of batches, plus metadata.
 
     Attributes:
-      train, inner_valid, outer_valid, test: iterators yielding batches (dicts of arrays).
+      train: iterator of training batches (dicts of arrays).
+      inner_valid: batches the inner optimizer may be tuned on.
+      outer_valid: batches meta-training scores learned optimizers on.
+      test: held-out batches, for final reports only.
       extra_info: facts about the data, e.g. {"num_classes": 10} or {"vocab_size": 256}.
       abstract_batch: a pytree of `jax.ShapeDtypeStruct` describing one batch, so tasks
         can be initialised and compiled without drawing data.

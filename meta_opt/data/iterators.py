@@ -4,7 +4,7 @@ Each split is put on the device once (identical requests share that copy). Batch
 drawn by index with pure functions (`sample_batch`, `batch_at`, `sample_windows`) that a
 jitted `lax.scan` training loop calls with the split as an argument, so no step copies data
 from the host. The Python iterators of `Datasets` are thin seeded wrappers around the same
-functions for seed-style loops (`next(task.datasets.train)`).
+functions for learned_optimization-style loops (`next(task.datasets.train)`).
 """
 
 from __future__ import annotations

@@ -30,10 +30,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
+
+if TYPE_CHECKING:
+    from meta_opt.outer.meta_train_config import MetaTrainConfig
 
 # Stream of the run seed that worker keys fold from; the one-machine path uses PRNGKey(seed)
 # itself (theta init, unroll states) and fold_in(key, 1) (meta-step keys).
@@ -298,7 +301,7 @@ class RayMetaTraining:
 
     def __init__(
         self,
-        config,
+        config: MetaTrainConfig,
         num_workers: int,
         max_staleness: int = 0,
         num_gradients_per_step: int | None = None,
@@ -327,6 +330,13 @@ class RayMetaTraining:
 
     @property
     def once_per_step(self) -> bool:
+        """Whether each worker offers at most one gradient per weights version.
+
+        True when `num_gradients_per_step <= num_workers`: a worker then waits for the next
+        meta-step instead of computing again on the same theta, so no worker's gradients
+        fill a step alone (with `max_staleness=0` the run is synchronous). With more
+        gradients per step than workers, workers must contribute several times per step.
+        """
         return self.num_gradients_per_step <= self.num_workers
 
     def start(self, learner_state: Any = None, step: int = 0) -> None:

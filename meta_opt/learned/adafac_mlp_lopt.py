@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +37,14 @@ def factored_second_moment(acc: dict[str, jax.Array]) -> jax.Array:
 class AdafacMLPLOpt(MLPLOpt):
     """Per-parameter MLP learned optimizer with RMS and factored second-moment features.
 
-    Args (beyond MLPLOpt's):
+    Args:
+      hidden_size: width of each hidden layer.
+      hidden_layers: number of hidden ReLU layers.
+      momentum_decays: decays of the momentum features.
       rms_decay: decay of the full second-moment accumulator.
       factored_decays: decays of the factored second-moment accumulators.
+      exp_mult: scale of the log-magnitude output (as in `MLPLOpt`).
+      step_mult: scale of the whole step (as in `MLPLOpt`).
     """
 
     def __init__(
@@ -61,10 +67,17 @@ class AdafacMLPLOpt(MLPLOpt):
         self.factored_decays = tuple(float(d) for d in factored_decays)
 
     def num_extra_features(self) -> int:
+        """2 + len(factored_decays) + len(momentum_decays) channels (see `extra_features`)."""
         # rsqrt(rms), g * rsqrt(rms), g * rsqrt(fac_j) per decay, m_k * rsqrt(fac_last) per k
         return 2 + len(self.factored_decays) + len(self.momentum_decays)
 
-    def init_accumulators(self, params):
+    def init_accumulators(self, params: Any) -> Any:
+        """Zero second-moment accumulators per parameter tensor, in float32.
+
+        Each leaf holds `"rms"` (shape S) and, per factored decay, either `"row"` / `"col"`
+        means (tensors of rank >= 2: O(n + m) memory per matrix) or `"full"` (vectors and
+        scalars, where factoring saves nothing).
+        """
         f = len(self.factored_decays)
 
         def leaf(p):
@@ -78,7 +91,8 @@ class AdafacMLPLOpt(MLPLOpt):
 
         return jax.tree_util.tree_map(leaf, params)
 
-    def update_accumulators(self, accumulators, grad):
+    def update_accumulators(self, accumulators: Any, grad: Any) -> Any:
+        """Exponential moving averages of g^2 (full) and of its row and column means."""
         decays = jnp.asarray(self.factored_decays, jnp.float32)
 
         def ema(old, new, d):
@@ -103,7 +117,12 @@ class AdafacMLPLOpt(MLPLOpt):
         ]
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
-    def extra_features(self, g, m, acc):
+    def extra_features(self, g: jax.Array, m: jax.Array, acc: Any) -> list[jax.Array]:
+        """The gradient and momenta preconditioned by the second-moment estimates.
+
+        Channels: rsqrt(rms), g * rsqrt(rms), g * rsqrt(fac_j) for each factored decay j, and
+        each momentum times rsqrt of the slowest factored estimate.
+        """
         g = g.astype(jnp.float32)
         inv_rms = jax.lax.rsqrt(acc["rms"] + _EPS)
         inv_fac = jax.lax.rsqrt(factored_second_moment(acc) + _EPS)

@@ -47,6 +47,7 @@ class LearnedOptimizer:
 
     @property
     def name(self) -> str:
+        """The optimizer's name in logs and error messages (the class name by default)."""
         return type(self).__name__
 
 

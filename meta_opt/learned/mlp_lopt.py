@@ -180,7 +180,9 @@ class MLPLOpt(LearnedOptimizer):
       hidden_size: width of each hidden layer.
       hidden_layers: number of hidden ReLU layers.
       momentum_decays: decays of the momentum features.
-      exp_mult, step_mult: scales of the magnitude and of the step (see module docstring).
+      exp_mult: scale of the log-magnitude output m (the step is d * exp(m * exp_mult)
+        * step_mult).
+      step_mult: scale of the whole step; small, so the untrained optimizer starts stable.
     """
 
     def __init__(
@@ -204,21 +206,56 @@ class MLPLOpt(LearnedOptimizer):
 
     # Hooks for subclasses that add per-parameter statistics (AdafacMLPLOpt).
     def num_extra_features(self) -> int:
+        """How many feature channels `extra_features` adds (0 here).
+
+        It fixes the MLP's input width, so it must agree with `extra_features`.
+        """
         return 0
 
-    def init_accumulators(self, params) -> Any:
+    def init_accumulators(self, params: Any) -> Any:
+        """Extra per-parameter statistics for the inner state (None here: none kept).
+
+        Args:
+          params: the inner parameters the optimizer is initialised with.
+
+        Returns:
+          A pytree stored in `MLPLOptState.accumulators`.
+        """
         del params
         return None
 
-    def update_accumulators(self, accumulators, grad) -> Any:
+    def update_accumulators(self, accumulators: Any, grad: Any) -> Any:
+        """Advances the extra statistics with this step's gradient (before the features).
+
+        Args:
+          accumulators: as `init_accumulators` or the previous call returned them.
+          grad: this step's gradient, structured like the params.
+
+        Returns:
+          The new accumulators (same structure).
+        """
         del grad
         return accumulators
 
-    def extra_features(self, g, m, acc) -> list[jax.Array]:
+    def extra_features(self, g: jax.Array, m: jax.Array, acc: Any) -> list[jax.Array]:
+        """Feature channels beyond p, g and the momenta, for one parameter tensor.
+
+        Every feature is normalised by its second moment over the tensor afterwards, so
+        these may be on any scale.
+
+        Args:
+          g: the tensor's gradient, shape S.
+          m: its momenta, shape S + (len(momentum_decays),).
+          acc: its leaf of the accumulators (None without accumulators).
+
+        Returns:
+          Arrays of shape S + (k,) whose k's sum to `num_extra_features()`.
+        """
         del g, m, acc
         return []
 
     def num_features(self) -> int:
+        """Width of the MLP's input: p, g, the momenta, the extra features, the time features."""
         return 2 + len(self.momentum_decays) + self.num_extra_features() + len(TIME_SCALES)
 
     def init(self, key: chex.PRNGKey) -> MetaParams:

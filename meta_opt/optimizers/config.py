@@ -54,6 +54,7 @@ class Config:
     # --- naming ------------------------------------------------------------------------
     @classmethod
     def registered_name(cls) -> str:
+        """The name this config is registered under (e.g. `"SGD"`), as `to_dict` writes it."""
         return getattr(cls, cls._name_key)
 
     @classmethod
@@ -145,12 +146,18 @@ class Config:
         )
 
     def check_positive(self, *fields: str) -> None:
+        """For `validate`: raises ConfigError naming the field unless each number is > 0.
+
+        Non-numbers (a schedule config in place of a learning rate, None) are left to their
+        own validation.
+        """
         for f in fields:
             v = getattr(self, f)
             if isinstance(v, (int, float)) and not v > 0:
                 self._fail(f, "> 0")
 
     def check_nonnegative(self, *fields: str) -> None:
+        """For `validate`: raises ConfigError naming the field unless each number is >= 0."""
         for f in fields:
             v = getattr(self, f)
             if isinstance(v, (int, float)) and not v >= 0:
@@ -168,6 +175,7 @@ class Config:
                 self._fail(f, "in [0, 1]" if closed_right else "in [0, 1)")
 
     def check_choice(self, field: str, choices) -> None:
+        """For `validate`: raises ConfigError listing `choices` unless the field is one."""
         v = getattr(self, field)
         if v not in choices:
             raise ConfigError(

@@ -42,6 +42,7 @@ class MetaOptTrainState(train_state.TrainState):
           cost_fn: the loss as a pytree callable of the params (`make_cost_fn`), for
             optimizers that evaluate it (MetaOpt); None passes nothing.
           **kwargs: other dataclass attributes to `.replace()`.
+
         Returns:
           The state with `step` + 1 and updated `params` and `opt_state`.
         """
@@ -94,8 +95,10 @@ def make_nnx_cost_fn(loss_fn: Callable[..., jax.Array], model: nnx.Module, *args
     Args:
       loss_fn: `loss_fn(model, *args, **kwargs) -> scalar`.
       model: the nnx model (its current variables fix `rest`).
-      *args, **kwargs: the rest of `loss_fn`'s arguments (batch, ...).
+      *args: the rest of `loss_fn`'s positional arguments (batch, ...).
       wrt: the filter of the optimizer's variables (as given to `nnx.Optimizer`).
+      **kwargs: `loss_fn`'s keyword arguments.
+
     Returns:
       An `NnxCostFn`, a pytree callable of the `wrt` state.
     """

@@ -46,8 +46,10 @@ class MechanicState(NamedTuple):
     Attributes:
       base_optimizer_state: state of the wrapped optimizer.
       count: number of updates so far (int32).
-      r, m, v, s: per-beta wealth, max |h|, second moment of h and scale (num_betas,).
-        The learned learning-rate multiplier is `s.sum()`.
+      r: per-beta wealth, shape (num_betas,).
+      m: per-beta running max |h|.
+      v: per-beta second moment of h.
+      s: per-beta scale; the learned learning-rate multiplier is `s.sum()`.
       x0: the reference point x_ref (the params at the first update).
       delta: Delta_t, minus the sum of the base optimizer's updates.
     """

@@ -157,7 +157,8 @@ def metaopt(
         the cost history takes the sharding of its leaves (replicated if they have none).
       mesh: shard per-parameter buffers along this mesh's "opt" axis.
       initial_m0: M_0 at step 0 when no initial_gpc_params (diagonal/full: times I).
-      adam_eps, adam_eps_root: Adam scaling's eps (outside / inside the square root).
+      adam_eps: Adam scaling's eps outside the square root.
+      adam_eps_root: Adam scaling's eps inside the square root.
       max_full_controller_bytes: refuse a "full" controller larger than this (None:
         2 GiB).
       skip_warm_up_with_cond: guard the controller update with `lax.cond` (skips the
@@ -165,6 +166,7 @@ def metaopt(
       skip_nonfinite: a non-finite gradient skips the whole update (zero updates, state
         unchanged but for `nonfinite_grad_steps`); a non-finite C(M) or grad_M skips the
         controller update only (`nonfinite_meta_steps`). False: NaN propagates.
+
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is a `MetaOptState`.
 

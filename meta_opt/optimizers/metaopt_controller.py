@@ -127,6 +127,7 @@ def meta_step(
       meta_grad_clip: clip grad_M to this global norm first (None: no clipping).
       max_gpc_norm: radius of the ball M is projected onto (None: no projection).
       num_params: n, for the per-lag summary of grad_M.
+
     Returns:
       A `MetaStep`; the caller decides whether to keep it (due and finite).
     """

@@ -29,6 +29,7 @@ def disturbance_transform(
       scale_by_adam_betas: (b1, b2) of the Adam scaling (None: raw gradients).
       adam_eps: Adam's eps outside the square root.
       adam_eps_root: Adam's eps inside the square root.
+
     Returns:
       An `optax.GradientTransformation` over flat gradient vectors; its state is
       `optax.EmptyState` (or a chain of them) when T is stateless.

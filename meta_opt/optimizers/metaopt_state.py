@@ -189,6 +189,7 @@ def reset_for_new_episode(state: Any, params: Any) -> Any:
       state: a MetaOptState, or an optax chain state containing one (only that entry is
         replaced; reset the other entries yourself if you want them fresh).
       params: the new episode's initial params (same structure as before).
+
     Returns:
       The state with empty histories, step 0, and the same M / meta-optimizer state.
     """

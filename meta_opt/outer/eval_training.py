@@ -59,16 +59,18 @@ def multi_task_training_curves(
     Args:
       task_family: tasks to train (sampled with `key`).
       opt: an `Optimizer`, an optax transformation, or a `LearnedOptimizer` (with `theta`).
-      num_tasks, num_steps: how many tasks, how many steps each.
+      num_tasks: how many tasks to sample and train side by side (vmapped).
+      num_steps: training steps of each task.
       key: randomness of tasks, inits and (in-jit) batches.
       theta: weights of a learned optimizer `opt`.
       eval_every: steps between evaluations (num_steps must be a multiple).
       eval_batches: batches averaged per split and evaluation.
 
     Returns:
-      {"train/xs": [num_steps], "train/loss": [num_tasks, num_steps], "eval/xs": [E],
-       "eval/<split>/loss": [num_tasks, E] for split in train, outer_valid, test}, where
-      evaluation e happens after eval_every * (e + 1) steps.
+      A dict of numpy arrays: `"train/xs"` [num_steps], `"train/loss"` [num_tasks,
+        num_steps], `"eval/xs"` [E] and `"eval/<split>/loss"` [num_tasks, E] for split in
+        train, outer_valid, test, where evaluation e happens after eval_every * (e + 1)
+        steps.
     """
     if isinstance(opt, LearnedOptimizer):
         if theta is None:

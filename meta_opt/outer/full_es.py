@@ -46,10 +46,14 @@ class FullES(UnrollingEstimator):
     """Antithetic ES on whole inner runs (stateless between estimates).
 
     Args:
-      task_family, learned_opt, trunc_sched, num_tasks, meta_loss_split: see
-        `VectorizedTruncatedStep`; runs last `trunc_sched`'s sampled length.
+      task_family: where tasks come from (vmapped over its sampled configs).
+      learned_opt: the learned optimizer whose theta is being meta-trained.
+      trunc_sched: length of each run (its sampled length; the scan covers `max_length`).
+      num_tasks: number of runs per estimate.
       std: perturbation scale sigma.
       loss_type: "avg" (mean meta-loss over the run) or "last" (final step's).
+      meta_loss_split: None for the train loss of each step, or the split whose loss
+        scores the updated params (see `VectorizedTruncatedStep`).
       stack_antithetic_samples: run the +/- pair as one batch (True) or two scans.
     """
 

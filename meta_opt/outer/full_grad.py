@@ -28,7 +28,15 @@ from meta_opt.tasks.base import TaskFamily
 
 
 class FullGrad(UnrollingEstimator):
-    """Exact meta-gradient of whole runs (stateless); arguments as `FullES`."""
+    """Exact meta-gradient of whole runs (stateless).
+
+    Arguments as `FullES` (without `std`, `loss_type` and `stack_antithetic_samples`; the
+    meta-loss is the mean over each run's steps), plus:
+
+    Args:
+      remat: rematerialise each inner step (`jax.checkpoint`); on by default because a
+        whole run's activations rarely fit otherwise.
+    """
 
     def __init__(
         self,

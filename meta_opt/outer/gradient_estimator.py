@@ -52,14 +52,28 @@ class GradientEstimator:
     trace_count: int = 0
 
     @property
-    def task_family(self):
+    def task_family(self) -> TaskFamily:
+        """The family whose sampled tasks the inner runs train."""
         return self.truncated_step.task_family
 
     @property
     def learned_opt(self) -> LearnedOptimizer:
+        """The learned optimizer whose theta the estimate is a gradient for."""
         return self.truncated_step.learned_opt
 
     def init_worker_state(self, worker_weights: WorkerWeights, key: chex.PRNGKey) -> Any:
+        """The unroll state a worker keeps between estimates, built once per worker.
+
+        Truncated estimators start `num_tasks` inner runs here (and PES its perturbation
+        accumulators); whole-run estimators keep nothing.
+
+        Args:
+          worker_weights: theta (and outer state) from the learner.
+          key: PRNG key of the tasks sampled and their initial parameters.
+
+        Returns:
+          A pytree to pass to the first `compute_gradient_estimate`.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement init_worker_state")
 
     def compute_gradient_estimate(
@@ -69,12 +83,34 @@ class GradientEstimator:
         state: Any,
         with_summary: bool = False,
     ) -> tuple[GradientEstimatorOut, dict[str, jax.Array]]:
+        """One meta-gradient estimate at theta, advancing the inner runs.
+
+        One jitted call: the unroll (and, for ES/PES, its antithetic copies) and the
+        estimate. The learner averages the `grad` of several such outputs.
+
+        Args:
+          worker_weights: theta (and outer state) from the learner.
+          key: PRNG key of this estimate (perturbations, batches, restarted tasks).
+          state: the unroll state from `init_worker_state` or the previous estimate.
+          with_summary: kept for learned_optimization's signature; the built-in
+            estimators always return their (cheap, scalar) metrics.
+
+        Returns:
+          `(out, metrics)`: `out.mean_loss`, `out.grad` (theta's structure) and
+          `out.unroll_state` for the next call; `metrics` a dict of scalars for logging.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} must implement compute_gradient_estimate"
         )
 
     @property
     def name(self) -> str:
+        """`{Estimator}_{family}`, e.g. `TruncatedPES_ImageMLPFamily_Digits8_32`.
+
+        `SingleMachineGradientLearner` keys each estimator's metrics by it
+        (`{i}_{name}/mean_loss`), so several estimators over different families log side
+        by side.
+        """
         return f"{type(self).__name__}_{self.task_family.name}"
 
 

@@ -159,12 +159,23 @@ class MetaTrainConfig:
       learned_optimizer: one of LEARNED_OPTIMIZERS; lopt_kwargs go to its constructor.
       estimator: one of ESTIMATORS; one estimator per task family.
       task_families: names for `build_task_family`.
-      num_tasks, trunc_length, std, random_initial_iteration_offset, meta_loss_split:
-        estimator arguments (offset -1 means max_length).
-      min_length, max_length: a LogUniformLengthSchedule (equal: constant length).
-      theta_optimizer, theta_lr, theta_grad_clip: the meta-optimizer (clip 0 = none).
-      num_steps, seed, log_every, checkpoint_every: the loop.
-      data_dir, batch_size: passed to data-driven tasks.
+      num_tasks: inner runs trained in parallel per estimator.
+      trunc_length: inner steps per meta-step (truncated estimators).
+      std: perturbation scale of ES / PES.
+      random_initial_iteration_offset: spread of the first runs' starting steps
+        (-1 means max_length).
+      meta_loss_split: the split scoring the inner runs (None: the train loss).
+      min_length: shortest inner run of the LogUniformLengthSchedule.
+      max_length: longest inner run (equal to min_length: a constant length).
+      theta_optimizer: the meta-optimizer on theta, "adam" or "sgd".
+      theta_lr: its learning rate.
+      theta_grad_clip: global-norm clip of the meta-gradient (0 = none).
+      num_steps: meta-steps of the run.
+      seed: seed of theta's init, the unroll states and every meta-step's key.
+      log_every: meta-steps between metrics lines.
+      checkpoint_every: meta-steps between checkpoints.
+      data_dir: where data-driven tasks look for their files.
+      batch_size: batch size of data-driven tasks.
     """
 
     name: str = "meta_train"

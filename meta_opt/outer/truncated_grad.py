@@ -26,7 +26,14 @@ from meta_opt.tasks.base import TaskFamily
 
 
 class TruncatedGrad(UnrollingEstimator):
-    """Truncated backprop through time over `num_tasks` runs; arguments as `TruncatedPES`."""
+    """Truncated backprop through time over `num_tasks` runs.
+
+    Arguments as `TruncatedPES` (without `std` and `stack_antithetic_samples`), plus:
+
+    Args:
+      remat: rematerialise each inner step (`jax.checkpoint`) to hold one step's
+        activations instead of `trunc_length` steps', at the cost of a second forward pass.
+    """
 
     def __init__(
         self,

@@ -62,7 +62,8 @@ def pes_accumulator_update(
     """The accumulator after a chunk: acc + eps, eps, or 0 (see the module docstring).
 
     Args:
-      accumulator, eps: per-task pytrees (leading axis num_tasks).
+      accumulator: per-task pytree of summed perturbations (leading axis num_tasks).
+      eps: per-task pytree of this chunk's perturbations (leading axis num_tasks).
       is_done: [T, num_tasks] flags of runs that ended at each step.
     """
     any_done, last_done = jnp.any(is_done, axis=0), is_done[-1]
@@ -84,7 +85,8 @@ def pes_gradient(
     """Per-task PES estimates from loss differences.
 
     Args:
-      accumulator, eps: per-task pytrees (leading axis num_tasks).
+      accumulator: per-task pytree of summed perturbations (leading axis num_tasks).
+      eps: per-task pytree of this chunk's perturbations (leading axis num_tasks).
       delta_loss: [T, num_tasks] positive minus negative meta-loss (0 where masked).
       is_done: [T, num_tasks] done flags.
       std: perturbation scale sigma.
@@ -108,10 +110,17 @@ class TruncatedPES(UnrollingEstimator):
     """PES over truncations of `trunc_length` steps, `num_tasks` runs, antithetic pairs.
 
     Args:
-      task_family, learned_opt, trunc_sched, num_tasks, random_initial_iteration_offset,
-        meta_loss_split: see `VectorizedTruncatedStep`.
+      task_family: where tasks come from (vmapped over its sampled configs).
+      learned_opt: the learned optimizer whose theta is being meta-trained.
+      trunc_sched: length of each inner run.
+      num_tasks: number of inner runs trained in parallel.
       trunc_length: inner steps per meta-step (one chunk).
+      random_initial_iteration_offset: the first runs start at a step drawn uniformly from
+        [0, offset), so that runs end at different meta-steps (see
+        `VectorizedTruncatedStep`).
       std: perturbation scale sigma.
+      meta_loss_split: None for the train loss of each step, or the split whose loss
+        scores the updated params (see `VectorizedTruncatedStep`).
       stack_antithetic_samples: run the +/- pair as one batch (True) or two scans.
     """
 

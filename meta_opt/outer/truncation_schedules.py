@@ -36,6 +36,14 @@ class TruncationSchedule:
     max_length: int
 
     def sample_length(self, key: chex.PRNGKey) -> jax.Array:
+        """Draws the total length of a run that (re)starts now; pure and jittable.
+
+        Args:
+          key: PRNG key (deterministic schedules ignore it).
+
+        Returns:
+          An int32 scalar in [1, max_length].
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement sample_length")
 
     def init(self, key: chex.PRNGKey, outer_state: Any = None) -> TruncationState:
@@ -60,6 +68,7 @@ class ConstantTruncationSchedule(TruncationSchedule):
         self.total_length = self.max_length = int(total_length)
 
     def sample_length(self, key: chex.PRNGKey) -> jax.Array:
+        """`total_length` as an int32 scalar; `key` is ignored."""
         del key
         return jnp.asarray(self.total_length, jnp.int32)
 
@@ -76,6 +85,12 @@ class LogUniformLengthSchedule(TruncationSchedule):
         self.min_length, self.max_length = int(min_length), int(max_length)
 
     def sample_length(self, key: chex.PRNGKey) -> jax.Array:
+        """floor(exp(u)) with u uniform in [log min_length, log(max_length + 1)).
+
+        The +1 gives max_length the same share of the log scale as every other length;
+        short runs are common and long ones rare, which keeps meta-training cheap while
+        still showing the learned optimizer long horizons.
+        """
         lo, hi = jnp.log(self.min_length), jnp.log(self.max_length + 1)
         length = jnp.floor(jnp.exp(jax.random.uniform(key, (), minval=lo, maxval=hi)))
         return jnp.clip(length, self.min_length, self.max_length).astype(jnp.int32)
@@ -87,5 +102,6 @@ class NeverEndingTruncationSchedule(TruncationSchedule):
     max_length = NEVER_ENDING_LENGTH
 
     def sample_length(self, key: chex.PRNGKey) -> jax.Array:
+        """2**30 steps, more than any run takes (int32-safe); `key` is ignored."""
         del key
         return jnp.asarray(NEVER_ENDING_LENGTH, jnp.int32)

@@ -28,22 +28,74 @@ class Task:
     datasets: Datasets | None = None
 
     def init(self, key: chex.PRNGKey) -> Params:
+        """Draws initial parameters; every training run and meta-training unroll starts here.
+
+        Args:
+          key: PRNG key; the same key gives the same parameters.
+
+        Returns:
+          A pytree of arrays, the parameters `loss` takes.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement init")
 
     def init_with_state(self, key: chex.PRNGKey) -> tuple[Params, ModelState]:
+        """Draws initial parameters and model state (e.g. batch-norm statistics).
+
+        Training loops call this form so that stateful and stateless tasks share one
+        code path; the default returns `(init(key), None)`.
+
+        Args:
+          key: PRNG key.
+
+        Returns:
+          `(params, model_state)`; `model_state` is None for a task without state.
+        """
         return self.init(key), None
 
     def loss(self, params: Params, key: chex.PRNGKey, data: Batch) -> jax.Array:
+        """The scalar training objective of `params` on one batch; pure and jittable.
+
+        Args:
+          params: parameters as `init` returns them.
+          key: PRNG key for stochastic losses (dropout, gradient noise); deterministic
+            tasks ignore it and accept None.
+          data: one batch (a dict of arrays); data-free tasks ignore it.
+
+        Returns:
+          A scalar array.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement loss")
 
     def loss_with_state(
         self, params: Params, state: ModelState, key: chex.PRNGKey, data: Batch
     ) -> tuple[jax.Array, ModelState]:
+        """The loss and the updated model state (training mode).
+
+        The default calls `loss` and returns `state` unchanged; tasks with batch norm
+        override it to return the new running statistics.
+
+        Args:
+          params: parameters.
+          state: model state as `init_with_state` returns it (None without state).
+          key: PRNG key, as in `loss`.
+          data: one batch.
+
+        Returns:
+          `(loss, new_state)`.
+        """
         return self.loss(params, key, data), state
 
     def loss_with_state_and_aux(
         self, params: Params, state: ModelState, key: chex.PRNGKey, data: Batch
     ) -> tuple[jax.Array, ModelState, dict[str, jax.Array]]:
+        """`loss_with_state` plus auxiliary metrics of the same forward pass.
+
+        Training loops log the aux dict (e.g. `{"accuracy": ...}` for classification) without
+        a second forward pass; the default returns an empty dict.
+
+        Returns:
+          `(loss, new_state, aux)` with `aux` a dict of scalar arrays.
+        """
         loss, state = self.loss_with_state(params, state, key, data)
         return loss, state, {}
 
@@ -53,6 +105,7 @@ class Task:
 
     @property
     def name(self) -> str:
+        """The task's name in logs, run directories and `get_task` (the class name by default)."""
         return type(self).__name__
 
 
@@ -65,16 +118,41 @@ class TaskFamily:
         pass
 
     def sample(self, key: chex.PRNGKey) -> TaskConfig:
+        """Draws one member's config.
+
+        The config is a pytree of arrays (never Python values), so that
+        `jax.vmap(family.sample)(keys)` draws many members and meta-training vmaps inner
+        training over them with one compiled program.
+
+        Args:
+          key: PRNG key.
+
+        Returns:
+          The member's config, a pytree of arrays.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement sample")
 
     def task_fn(self, cfg: TaskConfig) -> Task:
+        """Builds the task of a sampled config.
+
+        It must only close over `cfg` (which may hold tracers under `vmap` or `jit`), not
+        read its values in Python.
+
+        Args:
+          cfg: a config as `sample` returns it.
+
+        Returns:
+          The member `Task`.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement task_fn")
 
     def sample_task(self, key: chex.PRNGKey) -> Task:
+        """`task_fn(sample(key))`: one random member, for code that wants a task directly."""
         return self.task_fn(self.sample(key))
 
     @property
     def name(self) -> str:
+        """The family's name in logs and metrics (the class name by default)."""
         return type(self).__name__
 
 

@@ -76,6 +76,7 @@ class ClassificationTask(Task):
 
     @property
     def name(self) -> str:
+        """The registry name the task was built under (e.g. `ImageMLP_Digits8_Relu32`)."""
         return self._name
 
     def __repr__(self) -> str:
@@ -129,6 +130,7 @@ class ClassificationTask(Task):
         return params, (variables or None)
 
     def init(self, key: jax.Array) -> Params:
+        """The flax `params` collection alone (model state, if any, is dropped)."""
         return self.init_with_state(key)[0]
 
     def _call_kwargs(self) -> dict:

@@ -79,9 +79,14 @@ class ConvTask(ClassificationTask):
     """Small CNN classifier (`SmallCNN`) on an image dataset.
 
     Args:
-      dataset, image_size, batch_size, data_dir, checksums, seed: as `ImageMLPTask`.
+      dataset: 'digits', 'mnist', 'fashion_mnist' or 'cifar10'.
+      image_size: side of the (square) resized images; None keeps the native size.
       channels: output channels of the stride-2 conv layers.
-      activation: activation name.
+      activation: 'relu', 'tanh', 'gelu', 'sigmoid', 'elu' or 'swish'.
+      batch_size: default batch size.
+      data_dir: folder searched first for the dataset's files (see `meta_opt.data.load`).
+      checksums: file name -> MD5 overriding the official table (for self-made files).
+      seed: seed of the `datasets` iterators.
     """
 
     def __init__(
@@ -114,9 +119,13 @@ class VGG16Task(ClassificationTask):
     """VGG-16 with batch norm on 32x32 images (other datasets are resized to 32).
 
     Args:
-      dataset: image dataset name; images are resized to `image_size` (a multiple of 32).
+      dataset: image dataset name; images are resized to `image_size`.
+      image_size: side of the resized images, a multiple of 32 (VGG pools five times).
       width_multiplier: scales every layer's channels (1.0 = the original 64..512).
-      Others as `ImageMLPTask`.
+      batch_size: default batch size.
+      data_dir: folder searched first for the dataset's files (see `meta_opt.data.load`).
+      checksums: file name -> MD5 overriding the official table (for self-made files).
+      seed: seed of the `datasets` iterators.
     """
 
     def __init__(

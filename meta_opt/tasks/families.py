@@ -30,10 +30,15 @@ class ImageMLPFamily(TaskFamily):
     """MLPs on one image dataset whose init scale and activation are sampled.
 
     Args:
-      dataset, image_size, hidden_sizes, batch_size, data_dir, checksums, seed: as
-        `ImageMLPTask`.
+      dataset: 'digits', 'mnist', 'fashion_mnist' or 'cifar10'.
+      image_size: side of the (square) resized images; None keeps the native size.
+      hidden_sizes: widths of the hidden layers.
       activations: activation names that `cfg["activation"]` indexes.
       init_scale_range: (low, high) of the log-uniform init-scale distribution.
+      batch_size: default batch size of every member.
+      data_dir: folder searched first for the dataset's files (see `meta_opt.data.load`).
+      checksums: file name -> MD5 overriding the official table (for self-made files).
+      seed: seed of the `datasets` iterators.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class ImageMLPFamily(TaskFamily):
 
     @property
     def name(self) -> str:
+        """`ImageMLPFamily_{Dataset}{Size}_{widths}`, e.g. `ImageMLPFamily_Digits8_32`."""
         return self._name
 
     @property
@@ -76,7 +82,8 @@ class ImageMLPFamily(TaskFamily):
         return self._template.datasets
 
     @property
-    def data_arrays(self):
+    def data_arrays(self) -> dict:
+        """The splits on device, shared by every member: jitted loops sample from these."""
         return self._template.data_arrays
 
     def sample(self, key: jax.Array) -> TaskConfig:

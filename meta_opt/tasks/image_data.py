@@ -49,10 +49,12 @@ def spell_dataset(dataset: str, size: int) -> str:
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
+    """Layer widths from a task name's fragment: `"128x64"` -> `(128, 64)`."""
     return tuple(int(w) for w in text.split("x"))
 
 
 def check_activation(activation: str) -> str:
+    """The lower-case activation name, or a ValueError listing the known ones."""
     act = activation.lower()
     if act not in ACTIVATIONS:
         raise ValueError(f"unknown activation '{activation}'; known: {', '.join(ACTIVATIONS)}")
@@ -75,6 +77,11 @@ class ImageData:
         data_dir: str | os.PathLike | None = None,
         checksums: Mapping[str, str] | None = None,
     ) -> ImageData:
+        """Validates the dataset name and size; `image_size=None` keeps the native size.
+
+        Paths and checksums become hashable values, so identical requests share one cached
+        copy of the data on device.
+        """
         if dataset not in IMAGE_INFO:
             raise ValueError(f"unknown image dataset '{dataset}'; known: {', '.join(IMAGE_INFO)}")
         native = IMAGE_INFO[dataset][1][0]
@@ -90,14 +97,17 @@ class ImageData:
 
     @property
     def num_classes(self) -> int:
+        """Number of label classes of the dataset."""
         return IMAGE_INFO[self.dataset][0]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one image after resizing."""
         channels = IMAGE_INFO[self.dataset][1][2]
         return (self.image_size, self.image_size, channels)
 
     def abstract_batch(self, batch_size: int) -> dict:
+        """ShapeDtypeStructs of one batch, to trace and compile without loading data."""
         return iterators.abstract_image_batch(batch_size, self.image_shape)
 
     def load_data_arrays(self) -> dict:

@@ -2,9 +2,9 @@
 
 One parametric constructor, `ImageMLPTask(dataset, image_size, hidden_sizes, activation)`;
 names `ImageMLP_{Dataset}{Size}_{Act}{W1}x{W2}...` resolve through the task registry, and
-seed-style module-level constructors (`ImageMLP_FashionMnist8_Relu32()`) exist for the
-common ones. The model flattens the image, applies Dense + activation per hidden size and
-a final Dense to the class logits (flax default initialisers).
+module-level constructors named as in learned_optimization (`ImageMLP_FashionMnist8_Relu32()`)
+exist for the common ones. The model flattens the image, applies Dense + activation per
+hidden size and a final Dense to the class logits (flax default initialisers).
 References: learned_optimization `tasks/fixed/image_mlp.py` (Metz et al., 2022).
 """
 
@@ -54,6 +54,10 @@ class MLP(nn.Module):
 
 
 def image_mlp_name(dataset: str, image_size: int, hidden_sizes, activation: str) -> str:
+    """The registry name of an image MLP, e.g. `ImageMLP_Mnist8_Relu128x64`.
+
+    `get_task` parses the same name back, so a task's `name` rebuilds it.
+    """
     widths = "x".join(str(w) for w in hidden_sizes)
     return f"ImageMLP_{spell_dataset(dataset, image_size)}_{activation.capitalize()}{widths}"
 
@@ -67,7 +71,8 @@ class ImageMLPTask(ClassificationTask):
       hidden_sizes: widths of the hidden layers.
       activation: 'relu', 'tanh', 'gelu', 'sigmoid', 'elu' or 'swish'.
       batch_size: default batch size.
-      data_dir, checksums: where the files are and their MD5s (see `meta_opt.data.load`).
+      data_dir: folder searched first for the dataset's files (see `meta_opt.data.load`).
+      checksums: file name -> MD5 overriding the official table (for self-made files).
       seed: seed of the `datasets` iterators.
     """
 
@@ -120,7 +125,7 @@ EXAMPLES = [
 register_task_pattern(EXAMPLES, _resolve)
 
 
-def ImageMLP_FashionMnist8_Relu32(**kwargs) -> ImageMLPTask:  # noqa: N802 - seed-style name
+def ImageMLP_FashionMnist8_Relu32(**kwargs) -> ImageMLPTask:  # noqa: N802 - learned_optimization's name
     """1 hidden layer of 32 ReLUs on Fashion-MNIST resized to 8x8."""
     return ImageMLPTask("fashion_mnist", 8, (32,), "relu", **kwargs)
 

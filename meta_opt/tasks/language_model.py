@@ -13,6 +13,7 @@ models are unsupervised multitask learners" (2019) for the pre-LN block and 0.02
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 import flax.linen as nn
@@ -57,10 +58,14 @@ class ByteLMTask(ClassificationTask):
     """Next-byte prediction with `TransformerLM` on the default text corpus.
 
     Args:
-      num_layers, d_model, seq_len: depth, width and context length (bytes).
+      num_layers: number of transformer blocks.
+      d_model: width of the residual stream.
+      seq_len: context length in bytes.
       num_heads: attention heads (default `max(1, d_model // 32)`).
       batch_size: default number of sequences per batch.
       seed: seed of the `datasets` iterators.
+      data_dir: ignored (the default corpus ships with Python); accepted so that
+        `get_task(name, data_dir=...)` works for every task.
       corpus_path: a file whose bytes replace the default corpus (None: the default).
     """
 
@@ -75,8 +80,8 @@ class ByteLMTask(ClassificationTask):
         num_heads: int | None = None,
         batch_size: int = 32,
         seed: int = 0,
-        data_dir=None,
-        corpus_path=None,
+        data_dir: str | os.PathLike | None = None,
+        corpus_path: str | os.PathLike | None = None,
     ):
         del data_dir  # the default corpus ships with Python; accepted for a uniform get_task
         num_heads = num_heads or max(1, d_model // 32)

@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import chex
 import flax
@@ -48,14 +49,17 @@ class QuadraticTask(Task):
         self.dim = _check_dim(dim, "QuadraticTask")
 
     def init(self, key: chex.PRNGKey) -> jax.Array:
+        """p ~ N(0, I) of shape (dim,)."""
         return jax.random.normal(key, (self.dim,))
 
-    def loss(self, params: jax.Array, key: chex.PRNGKey | None, data=None) -> jax.Array:
+    def loss(self, params: jax.Array, key: chex.PRNGKey | None, data: Any = None) -> jax.Array:
+        """sum(p^2); `key` and `data` are ignored (the task is deterministic and data-free)."""
         del key, data
         return jnp.sum(jnp.square(params))
 
     @property
     def name(self) -> str:
+        """`Quadratic{dim}`, the name `get_task` resolves back to this task."""
         return f"Quadratic{self.dim}"
 
 
@@ -67,9 +71,11 @@ class TargetQuadraticTask(Task):
         self.target = target
 
     def init(self, key: chex.PRNGKey) -> jax.Array:
+        """p ~ N(0, I) of the target's shape."""
         return jax.random.normal(key, jnp.shape(self.target))
 
-    def loss(self, params: jax.Array, key: chex.PRNGKey | None, data=None) -> jax.Array:
+    def loss(self, params: jax.Array, key: chex.PRNGKey | None, data: Any = None) -> jax.Array:
+        """sum((target - p)^2); `key` and `data` are ignored."""
         del key, data
         return jnp.sum(jnp.square(self.target - params))
 
@@ -83,13 +89,16 @@ class FixedDimQuadraticFamily(TaskFamily):
         self.datasets = None
 
     def sample(self, key: chex.PRNGKey) -> jax.Array:
+        """A target t ~ N(0, I) of shape (dim,): the member's whole config."""
         return jax.random.normal(key, (self.dim,))
 
     def task_fn(self, cfg: jax.Array) -> Task:
+        """The `TargetQuadraticTask` whose target is `cfg` (may be traced under vmap)."""
         return TargetQuadraticTask(cfg)
 
     @property
     def name(self) -> str:
+        """`FixedDimQuadraticFamily{dim}`."""
         return f"FixedDimQuadraticFamily{self.dim}"
 
 
@@ -118,12 +127,24 @@ class NoisyQuadraticTask(Task):
         self.noise_std = float(noise_std)
 
     def init(self, key: chex.PRNGKey) -> jax.Array:
+        """p ~ N(0, I) of the target's shape."""
         return jax.random.normal(key, jnp.shape(self.cfg.target))
 
     def true_loss(self, params: jax.Array) -> jax.Array:
+        """The noise-free loss 1/2 sum(h (p - t)^2), the quantity to report and compare."""
         return 0.5 * jnp.sum(self.cfg.curvatures * jnp.square(params - self.cfg.target))
 
-    def loss(self, params: jax.Array, key: chex.PRNGKey | None, data=None) -> jax.Array:
+    def loss(self, params: jax.Array, key: chex.PRNGKey | None, data: Any = None) -> jax.Array:
+        """The clean loss plus the noise term whose gradient is the gradient noise.
+
+        Args:
+          params: p, of the target's shape.
+          key: draws eps; may be None only when noise_std is 0.
+          data: ignored (the task is data-free).
+
+        Returns:
+          1/2 sum(h (p - t)^2) + noise_std sum(sqrt(h) eps (p - t)).
+        """
         del data
         clean = self.true_loss(params)
         if self.noise_std == 0.0:
@@ -170,6 +191,7 @@ class NoisyQuadraticFamily(TaskFamily):
         self.datasets = None
 
     def sample(self, key: chex.PRNGKey) -> NoisyQuadraticConfig:
+        """Log-uniform curvatures in [min_curvature, max_curvature] and t ~ N(0, scale^2 I)."""
         k_curv, k_target = jax.random.split(key)
         log_h = jax.random.uniform(
             k_curv,
@@ -181,10 +203,12 @@ class NoisyQuadraticFamily(TaskFamily):
         return NoisyQuadraticConfig(curvatures=jnp.exp(log_h), target=target)
 
     def task_fn(self, cfg: NoisyQuadraticConfig) -> NoisyQuadraticTask:
+        """The member of `cfg`, with the family's `noise_std`."""
         return NoisyQuadraticTask(cfg, noise_std=self.noise_std)
 
     @property
     def name(self) -> str:
+        """`NoisyQuadraticFamily{dim}`."""
         return f"NoisyQuadraticFamily{self.dim}"
 
 

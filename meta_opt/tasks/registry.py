@@ -48,6 +48,11 @@ def list_tasks() -> list[str]:
 
 
 def is_task(name: str) -> bool:
+    """Whether `get_task(name)` would find a task, without building it (no data is read).
+
+    Parametric names count too (e.g. `Quadratic7`, `ImageMLP_Mnist28_Relu128x64`), so this
+    answers for names that `list_tasks()` does not spell out.
+    """
     return _resolve(name) is not None
 
 

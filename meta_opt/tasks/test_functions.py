@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import chex
 import jax
@@ -140,10 +140,12 @@ class BenchmarkFunction(Task):
 
     @property
     def lower(self) -> jax.Array:
+        """The lower corner of the standard search box, shape (dim,) (for clipping or plots)."""
         return jnp.full((self.dim,), self.bounds[0])
 
     @property
     def upper(self) -> jax.Array:
+        """The upper corner of the standard search box, shape (dim,)."""
         return jnp.full((self.dim,), self.bounds[1])
 
     def init(self, key: chex.PRNGKey) -> jax.Array:
@@ -151,7 +153,13 @@ class BenchmarkFunction(Task):
         lo, hi = self.bounds
         return jax.random.uniform(key, (self.dim,), minval=lo, maxval=hi)
 
-    def loss(self, params: jax.Array, key: chex.PRNGKey | None = None, data=None) -> jax.Array:
+    def loss(
+        self, params: jax.Array, key: chex.PRNGKey | None = None, data: Any = None
+    ) -> jax.Array:
+        """f(params) after checking the shape (a wrong shape would broadcast silently).
+
+        `key` and `data` are ignored: the functions are deterministic and data-free.
+        """
         del key, data
         if jnp.shape(params) != (self.dim,):
             raise ValueError(
@@ -162,6 +170,7 @@ class BenchmarkFunction(Task):
 
     @property
     def name(self) -> str:
+        """The class name (`Rosenbrock`, ...), as the benchmark tables print it."""
         return type(self).__name__
 
     def __repr__(self) -> str:

@@ -37,6 +37,7 @@ def save_controller(
         (H, n) or (H, n, n).
       num_params: the model's parameter count; needed only for a bare scalar M (a MetaOpt
         and diagonal / full controllers know theirs).
+
     Returns:
       The file written.
     """

@@ -74,7 +74,9 @@ def make_cost_fn(
       loss_fn: `loss_fn(outputs, *targets, **loss_kwargs) -> scalar`, e.g.
         `torch.nn.functional.cross_entropy`.
       inputs: the module's input, or a tuple of its positional inputs.
-      *targets, **loss_kwargs: the rest of `loss_fn`'s arguments (labels, ...).
+      *targets: the rest of `loss_fn`'s positional arguments (labels, ...).
+      **loss_kwargs: `loss_fn`'s keyword arguments (e.g. `label_smoothing=0.1`).
+
     Returns:
       A `CostFn`: `cost_fn(params) -> loss`, for `MetaOpt.step(cost_fn)`.
     """

@@ -39,7 +39,9 @@ CostFunction = Callable[[Any], torch.Tensor]
 class MetaOpt(torch.optim.Optimizer):
     """Online-control meta-optimizer (gradient perturbation controller) for PyTorch.
 
-    Args (names and defaults as in `MetaOptConfig`):
+    Option names and defaults are those of `MetaOptConfig`.
+
+    Args:
       params: `model.parameters()`, a list of tensors, or a dict / `named_parameters()`
         (cost functions then receive a dict name -> tensor, else a list).
       base_learning_rate: eta_t, a float or a function step -> float (a torch LR scheduler
@@ -70,7 +72,8 @@ class MetaOpt(torch.optim.Optimizer):
       skip_nonfinite: skip a step whose gradient is not finite (only a counter moves) and a
         controller update whose C(M) or grad_M is not finite (the step is played with the
         current M). Costs one device-to-host read per step.
-      adam_eps, adam_eps_root: Adam scaling's eps outside / inside the square root.
+      adam_eps: Adam scaling's eps outside the square root.
+      adam_eps_root: Adam scaling's eps inside the square root.
       max_full_controller_bytes: refuse a "full" controller larger than this (H n^2 4).
 
     References:
