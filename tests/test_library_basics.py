@@ -36,6 +36,7 @@ PUBLIC_MODULES = [
     "meta_opt.outer",
     "meta_opt.sharding",
     "meta_opt.tasks",
+    "meta_opt.torch",
 ]
 
 # Text that sends a reader to a file the repository does not have: the project's design
