@@ -106,7 +106,7 @@ def eval_params(opt_state, params):
 
 # Experiment fields the compiled functions never read (they steer the Python loop).
 _LOOP_FIELDS = ("seed", "experiment_name", "num_episodes", "num_iters", "eval_every",
-                "checkpoint_every", "keep_checkpoints")
+                "checkpoint_every", "keep_checkpoints", "stop_on_nonfinite")
 
 
 def experiment_key(exp_cfg: ExperimentConfig) -> str:
