@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,9 +83,33 @@ def _orbax_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _drop_closed_loop_noise() -> None:
+    """Keeps orbax's aftermath of a failed read off stderr, for the rest of the process.
+
+    When one array of a checkpoint cannot be read, orbax closes its event loop while
+    TensorStore still completes the other reads; their callbacks then raise "Event loop
+    is closed" in TensorStore's threads, which Python prints as unraisable tracebacks
+    (some after the read has returned). The runner has already said, in one line, which
+    checkpoint is damaged; only that exact error is dropped, everything else still
+    reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_meta_opt_filter", False):
+        return
+
+    def hook(unraisable) -> None:
+        err = unraisable.exc_value
+        if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._meta_opt_filter = True
+    sys.unraisablehook = hook
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:240]
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:160]
 
 
 class Checkpointer:
@@ -162,6 +187,7 @@ class Checkpointer:
         # Damaged files surface as many exception types (orbax, TensorStore, JSON, OS);
         # any of them means "this step cannot be read".
         except Exception as err:  # noqa: BLE001
+            _drop_closed_loop_noise()
             return _first_line(err)
         return None
 

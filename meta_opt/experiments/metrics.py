@@ -193,9 +193,26 @@ class MetricsWriter:
         return self._log.record()
 
     def flush(self) -> None:
-        """Writes TensorBoard's pending events to disk (done at every checkpoint)."""
-        if self._tb is not None:
+        """Writes every TensorBoard event logged so far to disk (done at every checkpoint).
+
+        tensorboardX's own `flush` only flushes what its writer thread has already taken
+        from its queue, so events still queued would die with a killed process. Its thread
+        is stopped instead (which drains the queue in order), the file flushed, and a new
+        thread started on the same queue and file: this is tensorboardX's `close` and
+        `reopen` without closing the file, which it offers no call for.
+        """
+        if self._tb is None:
+            return
+        events = getattr(self._tb._get_file_writer(), "event_writer", None)
+        worker = getattr(events, "_worker", None)
+        if worker is None or not hasattr(worker, "stop"):  # another tensorboardX: best effort
             self._tb.flush()
+            return
+        worker.stop()
+        events._ev_writer.flush()
+        events._worker = type(worker)(events._event_queue, events._ev_writer,
+                                      events._flush_secs)
+        events._worker.start()
 
     def close(self, quietly: bool = False) -> None:
         """Closes every sink; `quietly` ignores errors closing them (used while another

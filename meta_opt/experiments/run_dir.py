@@ -188,15 +188,13 @@ class RunDir:
             write_json_atomic(self.config, pair_dict)
             return Opened("new")
         step, skipped = ckpt.newest_readable()
-        for bad, why in skipped:
-            warn(f"checkpoint {ckpt.directory / str(bad)} cannot be read ({why}); moved aside "
-                 f"as damaged_{bad}_<time>")
         if step is None:
             detail = "; ".join(f"step {s}: {why}" for s, why in skipped)
-            raise CommandError(f"no checkpoint in {ckpt.directory} can be read ({detail}); "
-                               f"{self.restart_hint()}")
-        if skipped:
-            warn(f"{self.path} resumes from the newest good checkpoint, step {step}")
+            raise CommandError(f"no checkpoint in {ckpt.directory} can be read ({detail}; "
+                               f"moved aside as damaged_*); {self.restart_hint()}")
+        for bad, why in skipped:
+            warn(f"checkpoint {ckpt.directory / str(bad)} cannot be read ({why}); moved aside "
+                 f"as damaged_{bad}_<time>; resuming from step {step}")
         meta = ckpt.meta(step)
         self._check_checkpoint_config(meta, pair_dict, ckpt.directory / str(step))
         self._ensure_config_file(pair_dict, warn)
