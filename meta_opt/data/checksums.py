@@ -34,7 +34,7 @@ def _mirrored(name: str, md5: str, mirrors: tuple[str, ...]) -> FileSpec:
     return FileSpec(name, md5, tuple(m + name for m in mirrors))
 
 
-# MD5s: MNIST as published with the dataset (and in ../shared/data/SOURCES.md);
+# MD5s: MNIST as published with the dataset;
 # Fashion-MNIST from github.com/zalandoresearch/fashion-mnist; CIFAR-10 from its web page.
 OFFICIAL_FILES: dict[str, tuple[FileSpec, ...]] = {
     "mnist": (

@@ -207,6 +207,7 @@ class Program:
         return self.train_chunk(values, states, self.train_data, fixed_batches)
 
     def run_eval(self, states: TrainState) -> dict[str, jax.Array]:
+        """Every member's held-out metrics (`eval_*`, `valid_*`), stacked."""
         return self.evaluate(states, self.eval_data, self.valid_data)
 
     def compile(self, values: Values, states: TrainState, fixed_batches) -> None:

@@ -84,7 +84,8 @@ class Member:
     """One pair of a group.
 
     Attributes:
-      exp_cfg, opt_cfg: the pair.
+      exp_cfg: the pair's experiment.
+      opt_cfg: the pair's optimizer.
       run_dir: its directory (`OUT/<experiment>/<index>_<optimizer>`).
       label: its name in progress lines (default: the directory's name).
       metadata: what a study records about it (family, grid point, seed), written to
@@ -99,6 +100,7 @@ class Member:
 
     @property
     def name(self) -> str:
+        """The member's name in progress lines (its label, else its folder's)."""
         return self.label or Path(self.run_dir).name
 
 

@@ -263,7 +263,7 @@ def _wanted(value: Any, tp: Any) -> str | None:
         choices = typing.get_args(tp)
         return None if value in choices else f"one of {', '.join(map(repr, choices))}"
     if tp is tuple or origin is tuple:
-        if not isinstance(value, (tuple, list)):
+        if not isinstance(value, tuple):  # a list would make the frozen config unhashable
             return "a tuple"
         args = typing.get_args(tp)
         if not args:
