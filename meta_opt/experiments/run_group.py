@@ -515,15 +515,17 @@ def _restore(ckpts: list[Checkpointer], states, step: int):
 def _save(ckpts: list[Checkpointer], states, meta: dict[str, int], pairs: list[dict],
           writers: list[MetricsWriter], members: list[int],
           controller_dirs: list[RunDir] | None) -> None:
-    """Checkpoints `members` (one transfer of the stacked state to the host), each with its
-    config and metrics record, then flushes their TensorBoard events; at an episode's end
-    also writes MetaOpt's controller of each."""
+    """Flushes the TensorBoard events of `members`, then checkpoints them (one transfer of
+    the stacked state to the host), each with its config and metrics record; at an
+    episode's end also writes MetaOpt's controller of each."""
     host = jax.device_get(states)
     for i in members:
+        # Events first: once the checkpoint exists, what it holds is in the event files
+        # (events of a save that never completes are purged on resume).
+        writers[i].flush()
         with naming(ckpts[i].directory):
             ckpts[i].save(meta["global_step"], unstack(host, i),
                           {**meta, "config": pairs[i], "metrics": writers[i].record()})
-        writers[i].flush()
     if controller_dirs is not None:
         _write_controllers(controller_dirs, host, members)
 

@@ -242,27 +242,29 @@ def _long_config(tmp_path: Path, **extra) -> Path:
 
 
 def test_tensorboard_events_before_a_kill_survive_it(tmp_path):
+    """SIGKILL right after the first checkpoint appears: every event up to it is on disk
+    (tensorboardX alone keeps the newest events in its queue and file buffer)."""
     config = _long_config(tmp_path, num_episodes=1, num_iters=200_000, log_every=2,
-                          checkpoint_every=20)
+                          checkpoint_every=200)
     run_dir = tmp_path / "out" / "fault" / PAIRS[0]
     proc = _start(config, tmp_path / "out", "--only", "0")
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            done = [p for p in (run_dir / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
-            if len(done) >= 2:
+            folder = run_dir / "checkpoints"
+            if folder.is_dir() and any(name.isdigit() for name in os.listdir(folder)):
+                proc.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGKILL)
+            time.sleep(0.001)
         proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.communicate()
     finally:
         proc.kill()
         proc.wait()
     saved = Checkpointer(run_dir / "checkpoints").latest_step()
     logged = [r["global_step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
     want = [s for s in logged if s <= saved]
-    assert saved >= 20 and len(want) >= 11
+    assert saved == 200 and len(want) == 101  # the step-0 line and 100 chunks
     assert set(want) <= set(_event_steps(run_dir / "tensorboard", "train/loss"))
 
 
@@ -303,12 +305,16 @@ def test_a_process_reports_a_damaged_checkpoint_in_one_line_each(ref, tmp_path):
     skipped checkpoint on stderr, nothing else."""
     config, ref_dir = ref
     run_dir = _interrupted(tmp_path, 0, chunks=3)
-    _damage(run_dir / "checkpoints" / "12", "truncated_arrays")
+    for step in (12, 8):  # two failed reads: orbax's aftermath shows every time
+        for f in (run_dir / "checkpoints" / str(step) / "state").rglob("*"):
+            if f.is_file() and f.parent.name == "d":
+                f.write_bytes(f.read_bytes()[:10])
     proc = _start(config, tmp_path, "--only", "0")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"warning: checkpoint {run_dir}"), err
+    assert len(lines) == 2, err
+    assert all(ln.startswith(f"warning: checkpoint {run_dir}") for ln in lines), err
     _assert_exact(run_dir, ref_dir / PAIRS[0])
 
 
