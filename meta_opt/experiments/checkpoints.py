@@ -219,9 +219,13 @@ class Checkpointer:
         """(state, meta) at `step` (default latest) as host arrays in `template`'s structure."""
         step = self._step(step)
         host = jax.tree.map(np.asarray, jax.device_get(template))
-        with _orbax_quiet():
-            out = self._manager.restore(step, args=ocp.args.Composite(
-                **{ITEM: ocp.args.StandardRestore(host)}))
+        try:
+            with _orbax_quiet():
+                out = self._manager.restore(step, args=ocp.args.Composite(
+                    **{ITEM: ocp.args.StandardRestore(host)}))
+        except Exception:
+            _drop_closed_loop_noise()
+            raise
         return out[ITEM], self.meta(step)
 
     def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:

@@ -84,6 +84,7 @@ class ExperimentConfig(Config):
     stop_on_nonfinite: bool = True
 
     def validate(self) -> None:
+        """Checks the ranges and the relations between fields (types are checked before)."""
         self.check_folder_name("experiment_name")
         self.check_positive(
             "num_episodes", "num_iters", "batch_size", "eval_batches", "checkpoint_every",

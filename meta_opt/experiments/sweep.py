@@ -272,6 +272,7 @@ def pair_to_dict(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig) -> dict[st
 
 
 def pair_from_dict(d: dict[str, Any]) -> Pair:
+    """The pair of its JSON form (`pair_to_dict`, what config.json holds)."""
     return ExperimentConfig.from_dict(d["experiment"]), OptimizerConfig.from_dict(d["optimizer"])
 
 
