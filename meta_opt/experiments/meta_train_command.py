@@ -179,7 +179,7 @@ def _open_run_dir(config, out: Path, ray: bool):
         write_json_atomic(config_path, config.to_dict())
         if latest is None:  # nothing to resume: this call decides the run's path
             if ray:
-                marker.write_text(json.dumps({"written_by": "meta-opt meta-train --ray"}))
+                write_json_atomic(marker, {"written_by": "meta-opt meta-train --ray"})
             else:
                 marker.unlink(missing_ok=True)
     return ckpt
@@ -416,7 +416,9 @@ def run_ray_meta_training(
                     wandb_run=wandb_run,
                 )
             summary["worker_restarts"] = sum(trainer.restarts)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            from meta_opt.experiments.run_dir import write_json_atomic  # noqa: PLC0415
+
+            write_json_atomic(out / "summary.json", summary)
             return summary
         finally:
             ckpt.close()

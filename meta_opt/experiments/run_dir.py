@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from meta_opt.experiments.command_errors import CommandError, naming
-from meta_opt.experiments.file_records import complete_lines, file_sha256, lines_sha256
+from meta_opt.experiments.file_records import (
+    complete_lines,
+    file_sha256,
+    lines_sha256,
+    verified_lines,
+)
 from meta_opt.optimizers.config import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -198,8 +203,6 @@ class RunDir:
         meta = ckpt.meta(step)
         self._check_checkpoint_config(meta, pair_dict, ckpt.directory / str(step))
         self._ensure_config_file(pair_dict, warn)
-        from meta_opt.experiments.file_records import verified_lines
-
         # Checked now, before anything compiles (the writer checks it again when it opens).
         verified_lines(self.metrics, meta["metrics"], f"at global step {step}",
                        f"Restore it, or {self.restart_hint()}")
