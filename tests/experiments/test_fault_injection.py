@@ -565,6 +565,8 @@ def test_a_nonfinite_loss_stops_the_pair_says_where_and_still_plots(ref, tmp_pat
     assert code == 0 and "training it on" in err, err
     on = json.loads((tmp_path / "on" / "fault" / PAIRS[0] / "summary.json").read_text())
     assert on["nonfinite"]["stopped"] is False and len(on["episodes"]) == 2
+    assert cli.main(["plot", str(tmp_path / "on" / "fault"), "--out", str(tmp_path / "p2")]) == 0
+    assert (tmp_path / "p2" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # --- processes and downloads -----------------------------------------------------------------
