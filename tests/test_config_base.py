@@ -97,3 +97,55 @@ def test_replace_validates_and_rejects_unknown_fields():
         cfg.replace(steps=0)
     with pytest.raises(ConfigError, match="unknown key"):
         cfg.replace(nope=1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=2.5), "_TestOptConfig.steps must be an integer, got 2.5 (float)"),
+    (dict(steps=3.0), "_TestOptConfig.steps must be an integer, got 3.0 (float)"),
+    (dict(steps=True), "_TestOptConfig.steps must be an integer, got True (bool)"),
+    (dict(steps="3"), "_TestOptConfig.steps must be an integer, got '3' (str)"),
+    (dict(learning_rate="0.1"), "_TestOptConfig.learning_rate must be a number or a schedule "
+                                "config (ScheduleConfig), got '0.1' (str)"),
+    (dict(learning_rate=False), "learning_rate must be a number or a schedule config"),
+    (dict(clip="1"), "_TestOptConfig.clip must be a number or null, got '1' (str)"),
+    (dict(betas=(0.9, "x")), "betas must be a tuple whose entries are each a number"),
+    (dict(betas=(0.9,)), "betas must be a tuple of 2 entries, got (0.9,)"),
+    (dict(betas=[0.9, 0.99]), "betas must be a tuple, got [0.9, 0.99] (list)"),
+    (dict(inner=3), "inner must be a optimizer config (OptimizerConfig) or null, got 3 (int)"),
+])
+def test_field_types_are_checked_at_construction(kwargs, message):
+    """A wrong type fails where the config is built (naming field, value, type wanted),
+    before `validate` and long before anything is traced."""
+    with pytest.raises(ConfigError) as err:
+        _TestOptConfig(**kwargs)
+    assert message in str(err.value)
+
+
+def test_right_types_pass_unconverted():
+    import numpy as np
+
+    cfg = _TestOptConfig(learning_rate=1, steps=np.int32(4), clip=np.float32(0.5),
+                         betas=(0.5, 0.6))
+    assert cfg.learning_rate == 1 and isinstance(cfg.learning_rate, int)  # never converted
+    assert _TestOptConfig(learning_rate=_TestHalvingSchedule(), clip=None).clip is None
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../up", "", "a\\b", " x", "-x"])
+def test_experiment_name_is_a_plain_folder_name(name):
+    from meta_opt.experiments.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match="experiment_name must be a plain folder name"):
+        ExperimentConfig(experiment_name=name)
+    assert ExperimentConfig(experiment_name="my_sweep-2.b").experiment_name == "my_sweep-2.b"
+
+
+def test_meta_train_and_runner_configs_share_the_type_check():
+    from meta_opt.experiments.config import ExperimentConfig
+    from meta_opt.outer.meta_train_config import MetaTrainConfig
+
+    with pytest.raises(ConfigError, match=r"^ExperimentConfig.seed must be an integer, got 1.5"):
+        ExperimentConfig(seed=1.5)
+    with pytest.raises(ConfigError, match=r"^seed must be an integer, got 1.5 \(float\)"):
+        MetaTrainConfig(seed=1.5)
+    with pytest.raises(ConfigError, match="full_batch must be True or False, got 1"):
+        ExperimentConfig(full_batch=1)

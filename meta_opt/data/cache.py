@@ -5,6 +5,11 @@ for an explicit `data_dir`, then `$META_OPT_DATA/NAME`, then `~/.cache/meta_opt/
 A file is used only when its MD5 matches; a missing or mismatching file is downloaded into
 the first candidate folder (temporary file, MD5 check, atomic rename), so a half-written or
 corrupted file is never picked up.
+
+A download has an overall deadline (`DOWNLOAD_DEADLINE_S` for a file, all its URLs
+together) on top of the per-operation socket timeout, so a server that accepts and never
+answers, or one that trickles bytes, fails in bounded time with a message instead of
+hanging; progress (bytes received, of how many) is printed to stderr while it runs.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
+import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from meta_opt.data.checksums import FileSpec, file_specs
@@ -22,6 +29,8 @@ from meta_opt.data.checksums import FileSpec, file_specs
 ENV_VAR = "META_OPT_DATA"
 DEFAULT_ROOT = Path("~/.cache/meta_opt")
 DOWNLOAD_TIMEOUT_S = 30.0
+DOWNLOAD_DEADLINE_S = 600.0
+PROGRESS_EVERY_S = 2.0
 
 
 class DataUnavailableError(FileNotFoundError):
@@ -30,6 +39,10 @@ class DataUnavailableError(FileNotFoundError):
 
 class ChecksumError(ValueError):
     """A dataset file exists but its MD5 differs from the expected one."""
+
+
+class UnreadableFileError(OSError):
+    """A dataset file exists but cannot be read (e.g. its permissions)."""
 
 
 def data_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -53,12 +66,30 @@ def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None = None) -> l
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex MD5 of a file, read in chunks."""
+    """Hex MD5 of a file, read in chunks.
+
+    Raises:
+      UnreadableFileError: the file cannot be read (the message names it and the fix).
+    """
     digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(chunk_size), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise UnreadableFileError(
+            err.errno, f"cannot read {path} ({err.strerror or err}); make it readable "
+            f"(e.g. chmod u+r), or delete it and run `meta-opt data fetch`", str(path)
+        ) from err
     return digest.hexdigest()
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _urlopen(url: str, timeout: float):
@@ -66,31 +97,59 @@ def _urlopen(url: str, timeout: float):
     return urllib.request.urlopen(url, timeout=timeout)
 
 
-def download(spec: FileSpec, folder: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+def download(spec: FileSpec, folder: Path, timeout: float = DOWNLOAD_TIMEOUT_S,
+             deadline: float = DOWNLOAD_DEADLINE_S,
+             report: Callable[[str], None] = _stderr) -> Path:
     """Downloads `spec` into `folder`, trying its URLs in order; atomic and MD5-checked.
 
-    Each URL gets `timeout` seconds per blocking network operation, so a dead mirror fails
-    instead of hanging. The bytes go to a temporary file in `folder` that is renamed onto
-    the final name only after its MD5 matched.
+    Each blocking network operation gets at most `timeout` seconds and the whole file (all
+    URLs together) at most `deadline` seconds, so a dead or stalled mirror fails instead
+    of hanging. Progress lines go to `report` (stderr by default): one when a URL is
+    tried, then the bytes received every few seconds. The bytes go to a temporary file in
+    `folder` that is renamed onto the final name only after its MD5 matched.
 
     Raises:
-      OSError: no URL delivered a file with the expected MD5 (messages of every attempt).
+      OSError: no URL delivered a file with the expected MD5 in time (messages of every
+        attempt).
     """
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
+    end = time.monotonic() + deadline
     for url in spec.urls:
+        left = end - time.monotonic()
+        if left <= 0:
+            errors.append(f"{url}: not tried, the {deadline:.0f} s deadline had passed")
+            continue
+        report(f"downloading {spec.name} from {url} (at most {deadline:.0f} s in all)")
         fd, tmp = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=folder)
         try:
             digest = hashlib.md5()
-            with os.fdopen(fd, "wb") as out, _urlopen(url, timeout) as response:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
+            with os.fdopen(fd, "wb") as out, _urlopen(url, min(timeout, left)) as response:
+                total = response.headers.get("Content-Length") if hasattr(
+                    response, "headers") else None
+                of = f" of {_megabytes(int(total))}" if total and total.isdigit() else ""
+                received, last_report = 0, time.monotonic()
+                while True:
+                    if time.monotonic() > end:
+                        raise TimeoutError(f"the download took more than {deadline:.0f} s "
+                                           f"({_megabytes(received)}{of} received)")
+                    # read1: what has arrived (read(n) would wait for all n bytes).
+                    read = getattr(response, "read1", response.read)
+                    chunk = read(1 << 16)
+                    if not chunk:
+                        break
                     digest.update(chunk)
                     out.write(chunk)
+                    received += len(chunk)
+                    if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                        report(f"  {spec.name}: {_megabytes(received)}{of}")
+                        last_report = time.monotonic()
             if digest.hexdigest() != spec.md5:
                 errors.append(f"{url}: MD5 {digest.hexdigest()} != expected {spec.md5}")
                 continue
             final = folder / spec.name
             os.replace(tmp, final)
+            report(f"  {spec.name}: done ({_megabytes(received)})")
             return final
         except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets...
             errors.append(f"{url}: {type(e).__name__}: {e}")
@@ -173,11 +232,17 @@ def file_status(
     data_dir: str | os.PathLike | None = None,
     checksums: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """For each file of `dataset`: name, expected MD5, state ('ok'/'missing'/'bad md5'), path."""
+    """For each file of `dataset`: name, expected MD5, state ('ok'/'missing'/'bad md5'/
+    'unreadable'), path (and, when unreadable, `error`: why and what to do)."""
     dirs = candidate_dirs(dataset, data_dir)
     rows = []
     for spec in file_specs(dataset, checksums):
-        path, bad = find_file(spec, dirs)
+        try:
+            path, bad = find_file(spec, dirs)
+        except UnreadableFileError as err:
+            rows.append(dict(file=spec.name, md5=spec.md5, state="unreadable",
+                             path=err.filename, error=err.strerror))
+            continue
         if path is not None:
             rows.append(dict(file=spec.name, md5=spec.md5, state="ok", path=str(path)))
         elif bad:

@@ -26,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def status(data_dir=None, out=None) -> int:
-    """Prints, for each dataset, each file's state and folder; returns 0."""
+    """Prints, for each dataset, each file's state and folder; returns 0, or 2 when a file
+    cannot be read (then also said on stderr, with the fix)."""
     out = out or sys.stdout
+    unreadable = []
     for name in DATASETS:
         if name in _BUILTIN:
             print(f"{name}: ok, {_BUILTIN[name]}", file=out)
@@ -37,7 +39,11 @@ def status(data_dir=None, out=None) -> int:
         print(f"{name}: {ok}/{len(rows)} files present", file=out)
         for r in rows:
             print(f"  [{r['state']}] {r['file']}  md5 {r['md5']}  {r['path']}", file=out)
-    return 0
+            if r["state"] == "unreadable":
+                unreadable.append(r["error"])
+    for error in unreadable:
+        print(f"meta-opt data status: {error}", file=sys.stderr)
+    return 2 if unreadable else 0
 
 
 def fetch(name: str, data_dir=None, out=None) -> int:
@@ -48,7 +54,7 @@ def fetch(name: str, data_dir=None, out=None) -> int:
     for n in names:
         try:
             paths = ensure_files(n, data_dir)
-        except (DataUnavailableError, ChecksumError) as e:
+        except (DataUnavailableError, ChecksumError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             code = 1
             continue

@@ -43,6 +43,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks of `meta-opt bench` and their flags."""
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     p = sub.add_parser(
         "synthetic",
@@ -88,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_csv(result: sb.BenchResult, path: Path) -> None:
+    """Writes a benchmark result as CSV, one row per (function, optimizer)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["function", "optimizer", "seed", "final_gap"])
@@ -130,6 +132,7 @@ def write_png(result: sb.BenchResult, path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Runs `meta-opt bench`; returns the exit code."""
     if getattr(args, "bench", None) is None:
         print("meta-opt bench: choose a benchmark: synthetic", file=sys.stderr)
         return 2

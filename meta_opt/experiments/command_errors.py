@@ -9,6 +9,7 @@ and returns exit code 2. `--debug` re-raises instead, so the traceback is one fl
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from collections.abc import Iterator
 
@@ -46,6 +47,45 @@ def user_errors(
     except kinds as err:
         text = short(err)
         raise CommandError(f"{context}: {text}" + (f"; {fix}" if fix else "")) from err
+
+
+# What to do about the operating-system errors a user's environment causes.
+_OS_FIXES = {
+    errno.ENOSPC: "free disk space (or use another --out), then run the same command again "
+    "to resume",
+    errno.EDQUOT: "free disk space (or use another --out), then run the same command again "
+    "to resume",
+    errno.EACCES: "choose a folder you can write (--out) or fix its permissions",
+    errno.EPERM: "choose a folder you can write (--out) or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose another folder (--out)",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another folder (--out)",
+}
+
+
+@contextlib.contextmanager
+def naming(path) -> Iterator[None]:
+    """An OSError raised inside that names no file (a failed `write` does not) is raised
+    again naming `path`, so the message can say which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
+
+def os_error(err: OSError, doing: str = "writing", fix: str = "") -> CommandError:
+    """A `CommandError` for an operating-system error: the file, the reason and the fix.
+
+    Args:
+      err: the error (its `filename`, when set, is the file named).
+      doing: what was being done ("writing", "reading").
+      fix: what to do; default: by the error's kind (a full disk: free space and resume).
+    """
+    where = f" {err.filename}" if err.filename else ""
+    reason = err.strerror or str(err) or type(err).__name__
+    fix = fix or _OS_FIXES.get(err.errno, "fix that, then run the same command again")
+    return CommandError(f"{doing}{where} failed: {reason}; {fix}")
 
 
 def report(command: str, err: CommandError) -> int:

@@ -25,7 +25,8 @@ class ExperimentConfig(Config):
     """One training setup: workload, episodes, steps, evaluation, logging and devices.
 
     Attributes:
-      experiment_name: folder under the output directory that holds every pair of a sweep.
+      experiment_name: folder under the output directory that holds every pair of a sweep
+        (a plain folder name: letters, digits, '.', '_', '-').
       seed: root of every random number of the run (init, batches, eval); a run is a pure
         function of (config, seed), which is what makes resume bit-exact.
       workload_name: a built-in task name (`meta_opt.tasks.list_tasks()`).
@@ -52,6 +53,9 @@ class ExperimentConfig(Config):
       num_batch_devices, num_opt_devices: the ("batch", "opt") device mesh. 1 x 1 runs on
         the default device; otherwise the product must equal the number of visible devices.
       data_dir: where datasets are looked for (None: the data module's default search).
+      stop_on_nonfinite: stop a pair whose training loss turns NaN or infinite at the end
+        of the chunk where it happens (its summary and the table say where); False keeps
+        training it to the end (the first non-finite position is still reported).
     """
 
     _name_key: ClassVar[str] = "config_kind"
@@ -77,10 +81,11 @@ class ExperimentConfig(Config):
     num_batch_devices: int = 1
     num_opt_devices: int = 1
     data_dir: str | None = None
+    stop_on_nonfinite: bool = True
 
     def validate(self) -> None:
-        if not self.experiment_name or "/" in self.experiment_name:
-            self._fail("experiment_name", "a non-empty folder name without '/'")
+        """Checks the ranges and the relations between fields (types are checked before)."""
+        self.check_folder_name("experiment_name")
         self.check_positive(
             "num_episodes", "num_iters", "batch_size", "eval_batches", "checkpoint_every",
             "log_every", "keep_checkpoints", "num_batch_devices", "num_opt_devices",
@@ -114,10 +119,12 @@ class ExperimentConfig(Config):
 
     @property
     def total_steps(self) -> int:
+        """Optimizer steps of the whole run (every episode)."""
         return self.num_episodes * self.num_iters
 
     @property
     def num_devices(self) -> int:
+        """Devices of the run's mesh (num_batch_devices x num_opt_devices)."""
         return self.num_batch_devices * self.num_opt_devices
 
 

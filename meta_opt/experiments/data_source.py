@@ -62,6 +62,12 @@ def make_data_source(task, batch_size: int, eval_split: str,
         if split is not None and split not in arrays:
             raise ConfigError(f"{role} '{split}' not in task '{task.name}' data; "
                               f"available: {', '.join(sorted(arrays))}")
+    examples = _num_examples(arrays["train"])
+    if examples is not None and batch_size > examples:
+        raise ConfigError(
+            f"ExperimentConfig.batch_size ({batch_size}) is larger than the training split "
+            f"of task '{task.name}' ({examples} examples); use batch_size <= {examples}"
+        )
     sample = task.sample_batch
     draw_train = lambda data, key: sample(data, key, batch_size)
     batch_at = getattr(task, "batch_at", None)
@@ -74,6 +80,13 @@ def make_data_source(task, batch_size: int, eval_split: str,
                                                      batch_size)
     valid = None if valid_split is None else arrays[valid_split]
     return DataSource(arrays["train"], arrays[eval_split], valid, draw_train, eval_batch, True)
+
+
+def _num_examples(split: Data) -> int | None:
+    """Examples in a split (the leading size of its arrays), None when it has no arrays."""
+    leaves = jax.tree.leaves(split)
+    shapes = [getattr(x, "shape", ()) for x in leaves]
+    return min((shape[0] for shape in shapes if shape), default=None)
 
 
 def evaluate_batches(task, params, model_state, data, eval_batch, num_batches: int, key,

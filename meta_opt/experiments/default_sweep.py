@@ -41,5 +41,6 @@ OPTIMIZERS = [
 
 
 def get_config() -> list[tuple[ExperimentConfig, OptimizerConfig]]:
+    """The default sweep's pairs (what `meta-opt run` runs without a config file)."""
     exp = ExperimentConfig(**EXPERIMENT)
     return [(exp, OptimizerConfig.from_dict(d)) for d in OPTIMIZERS]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import runpy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,42 +99,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None):
       CommandError: the file is missing, does not run, or holds a bad config; the
         message names the file and the value.
     """
+    from meta_opt.experiments.config_file import call_get_config  # noqa: PLC0415
     from meta_opt.optimizers.config import ConfigError  # noqa: PLC0415
     from meta_opt.outer.meta_train_config import MetaTrainConfig  # noqa: PLC0415
 
-    path = Path(path)
-    if not path.is_file():
-        raise CommandError(
-            f"config file {path} does not exist; pass a Python file whose get_config() "
-            "returns a MetaTrainConfig (e.g. configs/meta_train_learnable_adam_quadratic.py)"
-        )
-    try:
-        namespace = runpy.run_path(str(path))
-        if not callable(namespace.get("get_config")):
-            raise CommandError(
-                f"{path} must define get_config() returning a MetaTrainConfig or a dict of "
-                "its fields"
-            )
-        config = namespace["get_config"]()
-        if isinstance(config, dict):
+    returns = "a MetaTrainConfig or a dict of its fields"
+    config = call_get_config(path, returns, "configs/meta_train_learnable_adam_quadratic.py")
+    if isinstance(config, dict):
+        with user_errors(str(path), "", (ConfigError,)):
             config = MetaTrainConfig.from_dict(config)
-    except CommandError:
-        raise
-    except ConfigError as err:
-        raise CommandError(f"{path}: {err}") from err
-    except SyntaxError as err:
-        raise CommandError(
-            f"{path}, line {err.lineno}: syntax error ({err.msg}); fix the config file"
-        ) from err
-    except Exception as err:  # the config file's own code failed: a user error too
-        raise CommandError(
-            f"{path}: running it raised {type(err).__name__}: {short(err, 1)}; fix the "
-            "config file (--debug shows the traceback)"
-        ) from err
     if not isinstance(config, MetaTrainConfig):
         raise CommandError(
-            f"{path}: get_config() returned {type(config).__name__}; "
-            "expected a MetaTrainConfig or a dict of its fields"
+            f"{path}: get_config() returned {type(config).__name__}; expected {returns}"
         )
     if overrides:
         with user_errors("--set " + " ".join(overrides), "", (ConfigError,)):
@@ -204,7 +179,7 @@ def _open_run_dir(config, out: Path, ray: bool):
         write_json_atomic(config_path, config.to_dict())
         if latest is None:  # nothing to resume: this call decides the run's path
             if ray:
-                marker.write_text(json.dumps({"written_by": "meta-opt meta-train --ray"}))
+                write_json_atomic(marker, {"written_by": "meta-opt meta-train --ray"})
             else:
                 marker.unlink(missing_ok=True)
     return ckpt
@@ -232,6 +207,13 @@ def _restore(ckpt, template: dict[str, Any], config, out: Path) -> tuple[dict[st
             f" use another --out, or delete {out} to start over"
         )
     return state, meta
+
+
+def _metrics_record(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What a checkpoint recorded of metrics.jsonl (older ones: only a line count)."""
+    if "metrics" in meta:
+        return meta["metrics"]
+    return {"lines": meta["metrics_lines"]} if "metrics_lines" in meta else None
 
 
 def _build_estimators(config, lopt) -> list:
@@ -331,7 +313,7 @@ def run_meta_training(
                     steps(),
                     stop,
                     plot=plot,
-                    expected_lines=meta.get("metrics_lines"),
+                    metrics_record=_metrics_record(meta),
                     progress=progress,
                     wandb_run=wandb_run,
                 )
@@ -429,12 +411,14 @@ def run_ray_meta_training(
                     stop,
                     plot=plot,
                     meta=ray_meta,
-                    expected_lines=meta.get("metrics_lines"),
+                    metrics_record=_metrics_record(meta),
                     progress=progress,
                     wandb_run=wandb_run,
                 )
             summary["worker_restarts"] = sum(trainer.restarts)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            from meta_opt.experiments.run_dir import write_json_atomic  # noqa: PLC0415
+
+            write_json_atomic(out / "summary.json", summary)
             return summary
         finally:
             ckpt.close()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from meta_opt.experiments.command_errors import CommandError
+from meta_opt.experiments.file_records import LineLog
 from meta_opt.experiments.metrics import read_jsonl, truncate_jsonl
 from meta_opt.experiments.run_dir import write_json_atomic
 from meta_opt.experiments.step_progress import StepProgress
@@ -61,25 +61,40 @@ def graceful_stop() -> Iterator[dict[str, Any]]:
 
 
 class _Sinks:
-    """metrics.jsonl, TensorBoard and (optionally) wandb, written together per record."""
+    """metrics.jsonl, TensorBoard and (optionally) wandb, written together per record.
 
-    def __init__(self, out: Path, start_step: int, wandb_run: Any = None):
+    metrics.jsonl is a `LineLog`: resuming checks it against the checkpoint's record (the
+    lines it held then, and their digest) and cuts what came after; a checkpoint of an
+    older version, which recorded only a count, is cut by meta-step and counted.
+    """
+
+    def __init__(self, out: Path, start_step: int, record: dict[str, Any] | None,
+                 wandb_run: Any = None):
         from tensorboardX import SummaryWriter  # noqa: PLC0415 - slow import, only when run
 
         self.path = out / METRICS_FILE
-        # Lines written after the checkpoint we resume from (and a line torn by a kill) go.
-        self.lines = truncate_jsonl(self.path, start_step, key="step")
-        self._file = self.path.open("a")
+        if start_step and record is not None and "sha256" not in record:
+            truncate_jsonl(self.path, start_step, key="step")
+        if start_step and record is None:  # resumed without a record: keep what fits
+            record = {"lines": truncate_jsonl(self.path, start_step, key="step")}
+        self._log = LineLog(
+            self.path, record if start_step else None, at=f"up to meta-step {start_step}",
+            fix=f"Restore it, or delete {out} to start over")
         # purge_step: TensorBoard drops events an interrupted run logged after the checkpoint.
         self._tb = SummaryWriter(
             str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None
         )
         self._wandb = wandb_run
 
+    @property
+    def lines(self) -> int:
+        return self._log.lines
+
+    def record(self) -> dict[str, Any]:
+        return self._log.record()
+
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        self.lines += 1
+        self._log.append(json.dumps(record))
         step = record["step"]
         scalars = {k: v for k, v in record.items() if k != "step"}
         for name, value in scalars.items():
@@ -91,7 +106,7 @@ class _Sinks:
         self._tb.flush()
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
         self._tb.close()
 
 
@@ -105,7 +120,7 @@ def drive(
     *,
     plot: bool = True,
     meta: dict[str, Any] | None = None,
-    expected_lines: int | None = None,
+    metrics_record: dict[str, Any] | None = None,
     progress: bool = False,
     wandb_run: Any = None,
 ) -> dict[str, Any]:
@@ -122,20 +137,14 @@ def drive(
       stop: the `graceful_stop` flag.
       plot: write meta_loss.png.
       meta: extra entries for checkpoint metadata and the summary.
-      expected_lines: metrics.jsonl lines the resumed checkpoint recorded; fewer on disk
-        means the file lost lines, and the run is refused (CommandError) rather than
-        continued with a silently incomplete log.
+      metrics_record: what the resumed checkpoint recorded of metrics.jsonl (its lines
+        and their digest, `file_records.LineLog`); a file that lost or changed lines is
+        refused (CommandError, naming it) rather than continued with a silently
+        incomplete log.
       progress: print progress to stdout (a bar on a terminal, plain lines otherwise).
       wandb_run: a wandb run to log every record to (finished here).
     """
-    sinks = _Sinks(out, start_step, wandb_run)
-    if expected_lines is not None and sinks.lines < expected_lines:
-        sinks.close()
-        raise CommandError(
-            f"{sinks.path} holds {sinks.lines} lines up to meta-step {start_step}, but the "
-            f"checkpoint recorded {expected_lines}: the file lost lines. Restore it, or "
-            f"delete {out} to start over"
-        )
+    sinks = _Sinks(out, start_step, metrics_record, wandb_run)
     bar = None
     if progress:
         bar = StepProgress(config.name, config.num_steps, start=start_step)
@@ -168,7 +177,7 @@ def drive(
             if checkpoint is not None and (stopping or config.checkpoint_due(step)):
                 payload, theta = checkpoint()
                 info = {"step": step, "name": config.name, "config": config.to_dict()}
-                info.update(metrics_lines=sinks.lines, **(meta or {}))
+                info.update(metrics=sinks.record(), metrics_lines=sinks.lines, **(meta or {}))
                 try:
                     ckpt.save(step, payload, theta, info)
                 except OSError as err:  # e.g. a full disk: stop and say so

@@ -1,9 +1,11 @@
 """Metrics sinks of a run: `metrics.jsonl`, TensorBoard event files, optionally wandb.
 
-`metrics.jsonl` holds one JSON object per logged step. On resume the file is cut back to
-the checkpoint's position first (`truncate_jsonl`), so lines written after the last
-checkpoint by a killed process are recomputed, not duplicated; TensorBoard is told the same
-through `purge_step`.
+`metrics.jsonl` holds one JSON object per logged step. Every checkpoint records the file as
+it was then (lines and digest, `file_records.py`); on resume the file is checked against
+that record and cut back to it, so lines written after the last checkpoint by a killed
+process are recomputed, not duplicated, and a file that lost lines is refused. TensorBoard
+is told the same through `purge_step`, and its events are flushed at every checkpoint
+(`MetricsWriter.flush`), so what a checkpoint holds is also in the event files.
 
 TensorBoard scalars are grouped by prefix: `train/` (training loss and aux), `eval/` (the
 evaluation split), `valid/` (the validation split), `time/` (seconds per step), and one
@@ -22,6 +24,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from meta_opt.experiments.command_errors import naming
+from meta_opt.experiments.file_records import LineLog
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 # Metrics the HParams dashboard shows next to each run's settings.
@@ -30,16 +35,28 @@ _POSITIONS = ("episode", "step", "global_step")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a metrics file (a torn last line from a kill is ignored)."""
+    """Every complete line of a metrics file (a torn last line from a kill is ignored).
+
+    Raises:
+      ValueError: a line is not a JSON object (the message names the file and the line).
+    """
     path = Path(path)
     if not path.exists():
         return []
     out = []
     with path.open() as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break
-            out.append(json.loads(line))
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}); the file "
+                                 f"is damaged") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}: not a JSON object; the file is "
+                                 f"damaged")
+            out.append(record)
     return out
 
 
@@ -105,6 +122,9 @@ class MetricsWriter:
       run_dir: the pair's directory.
       resume_at: the checkpoint's position `(episode, step, global_step)` when resuming
         (lines after it are cut, TensorBoard events after it purged); None starts afresh.
+      record: the metrics record of the checkpoint resumed from (`record()` when it was
+        saved): the file must start with exactly those lines (else `CommandError`, naming
+        the file); None with `resume_at` (an older checkpoint): cut by position.
       wandb_run: a wandb run to log to as well, or None.
       tensorboard: write TensorBoard events.
       tb_name: the event folder's name under `tensorboard/` (the run name TensorBoard shows).
@@ -114,15 +134,18 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path, resume_at: tuple[int, int, int] | None = None,
                  wandb_run: Any = None, tensorboard: bool = True, tb_name: str = "",
-                 hparams: dict[str, Any] | None = None, optimizer_prefix: str = "optimizer"):
+                 hparams: dict[str, Any] | None = None, optimizer_prefix: str = "optimizer",
+                 record: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.optimizer_prefix = optimizer_prefix
-        if resume_at is None:
-            self.path.write_text("")
-        else:
-            truncate_jsonl(self.path, tuple(resume_at[:2]), key=("episode", "step"))
-        self._file = self.path.open("a")
+        if resume_at is not None and record is None:
+            record = {"lines": truncate_jsonl(self.path, tuple(resume_at[:2]),
+                                              key=("episode", "step"))}
+        at = "" if resume_at is None else f"at episode {resume_at[0]}, step {resume_at[1]}"
+        self._log = LineLog(self.path, record if resume_at is not None else None, at=at,
+                            fix=f"restore the file, or run with --restart to start the pair "
+                                f"over (it deletes {self.run_dir})")
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -150,9 +173,10 @@ class MetricsWriter:
             writer.add_summary(summary)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Appends one record to every sink (metrics.jsonl first)."""
         record = {k: _jsonable(v) for k, v in record.items()}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with naming(self.path):
+            self._log.append(json.dumps(record))
         step = int(record["global_step"])
         numeric = {k: v for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -164,10 +188,43 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log(numeric, step=step)
 
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+    def record(self) -> dict[str, Any]:
+        """What metrics.jsonl holds now (lines and digest), for a checkpoint's metadata."""
+        return self._log.record()
+
+    def flush(self) -> None:
+        """Writes every TensorBoard event logged so far to disk (done at every checkpoint).
+
+        tensorboardX's own `flush` only flushes what its writer thread has already taken
+        from its queue, so events still queued would die with a killed process. Its thread
+        is stopped instead (which drains the queue in order), the file flushed, and a new
+        thread started on the same queue and file: this is tensorboardX's `close` and
+        `reopen` without closing the file, which it offers no call for.
+        """
+        if self._tb is None:
+            return
+        events = getattr(self._tb._get_file_writer(), "event_writer", None)
+        worker = getattr(events, "_worker", None)
+        if worker is None or not hasattr(worker, "stop"):  # another tensorboardX: best effort
+            self._tb.flush()
+            return
+        worker.stop()
+        events._ev_writer.flush()
+        events._worker = type(worker)(events._event_queue, events._ev_writer,
+                                      events._flush_secs)
+        events._worker.start()
+
+    def close(self, quietly: bool = False) -> None:
+        """Closes every sink; `quietly` ignores errors closing them (used while another
+        error is being raised, e.g. a full disk, which must not be masked by them)."""
+        for close in (self._log.close, self._tb.close if self._tb is not None else None):
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                if not quietly:
+                    raise
 
 
 def init_wandb(project: str, name: str, config: dict[str, Any], run_dir: str | Path):

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from meta_opt.experiments.command_errors import os_error, report
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Defines `meta-opt plot`'s arguments (imports nothing heavy)."""
@@ -19,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="folder for the PNGs (default: <first PATH>/plots, or the "
                              "json file's folder/plots)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error instead of its message")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,8 +39,15 @@ def main(args: argparse.Namespace) -> int:
         if run_paths:
             written += plot_runs(run_paths, out)
     except (FileNotFoundError, ValueError) as e:
-        print(f"plot: {e}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"meta-opt plot: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unwritable --out (read-only, a file in the way, a full disk)
+        if getattr(args, "debug", False):
+            raise
+        return report("plot", os_error(e, fix=f"choose a folder you can write with --out "
+                                               f"(the plots go to {out})"))
     for path in written:
         print(path)
     return 0

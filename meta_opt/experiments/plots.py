@@ -89,10 +89,19 @@ def _index(name: str) -> int:
     return int(head) if head.isdigit() else 1 << 30
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file's value; ValueError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); the "
+                         f"run directory is damaged") from None
+
+
 def load_run(pair_dir: str | Path) -> Run:
     """Reads a pair directory's config, summary (for the label) and metrics."""
     pair_dir = Path(pair_dir)
-    config = json.loads((pair_dir / "config.json").read_text())
+    config = _read_json(pair_dir / "config.json")
     experiment = config.get("experiment")
     if not isinstance(experiment, dict):
         raise FileNotFoundError(
@@ -102,7 +111,7 @@ def load_run(pair_dir: str | Path) -> Run:
     label = pair_dir.name
     summary = pair_dir / "summary.json"
     if summary.exists():
-        settings = json.loads(summary.read_text()).get("settings")
+        settings = _read_json(summary).get("settings")
         label = f"{label} ({settings[:40]})" if settings else label
     return Run(label=label, num_iters=int(experiment["num_iters"]),
                num_episodes=int(experiment["num_episodes"]),

@@ -106,7 +106,7 @@ def eval_params(opt_state, params):
 
 # Experiment fields the compiled functions never read (they steer the Python loop).
 _LOOP_FIELDS = ("seed", "experiment_name", "num_episodes", "num_iters", "eval_every",
-                "checkpoint_every", "keep_checkpoints")
+                "checkpoint_every", "keep_checkpoints", "stop_on_nonfinite")
 
 
 def experiment_key(exp_cfg: ExperimentConfig) -> str:
@@ -207,6 +207,7 @@ class Program:
         return self.train_chunk(values, states, self.train_data, fixed_batches)
 
     def run_eval(self, states: TrainState) -> dict[str, jax.Array]:
+        """Every member's held-out metrics (`eval_*`, `valid_*`), stacked."""
         return self.evaluate(states, self.eval_data, self.valid_data)
 
     def compile(self, values: Values, states: TrainState, fixed_batches) -> None:

@@ -75,6 +75,14 @@ class Progress:
         else:
             print(text, file=self.stream or sys.stdout, flush=True)
 
+    def warn(self, text: str) -> None:
+        """Prints `warning: text` to stderr (above the bars, if any), whatever the mode."""
+        line = f"warning: {text}"
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     def sweep_line(self) -> str:
         """'[k/N pairs, 12.3 s elapsed, about 40 s left]'."""
         elapsed = time.perf_counter() - self.start
@@ -95,6 +103,7 @@ class Progress:
                              position=self.position, leave=True, dynamic_ncols=True)
 
     def compiling(self, members: int) -> None:
+        """The group's programs are being compiled (or taken from the cache)."""
         what = "" if members == 1 else f" ({members} pairs, one program)"
         if self._bar is not None:
             self._bar.set_postfix_str(f"compiling{what}")
@@ -121,6 +130,7 @@ class Progress:
                         f"{step}/{num_iters} loss {_loss(losses)} {steps_per_sec:.0f} steps/s")
 
     def end_group(self) -> None:
+        """The group's loop ended (its bar, if any, is closed)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -139,6 +149,11 @@ class Progress:
         how = f"{_seconds(wall)} wall" if wall is not None else ""
         if share > 1:
             how += f" (its share of a group of {share})"
+        bad = summary.get("nonfinite")
+        if bad and bad.get("stopped"):
+            self._print(f"{self.sweep_line()} {name}: stopped, training loss {bad['value']} at "
+                        f"episode {bad['episode']} step {bad['step']}, {how}")
+            return
         self._print(f"{self.sweep_line()} {name}: done, loss@end {loss}, {how}")
 
     def pair_failed(self, name: str, code: int) -> None:

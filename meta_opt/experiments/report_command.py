@@ -7,6 +7,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `meta-opt report`."""
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="a study's folder: OUT/<experiment_name> of a config whose "
                              "get_config() returns a Study")
@@ -15,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    """Runs `meta-opt report`; returns the exit code."""
     from meta_opt.experiments.report import write_report
 
     try:

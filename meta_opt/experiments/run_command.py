@@ -5,7 +5,13 @@ a directory that already holds the same pair resumes (or is skipped when complet
 of one structure (equal but for numeric hyperparameters and seed) run together as one
 compiled program (`grouping.py`, `program.py`). After the sweep a comparison table is
 printed and plots are written. SIGINT/SIGTERM checkpoint the running pairs, print how to
-resume and exit non-zero (130 / 143).
+resume and exit non-zero (130 / 143); a second Ctrl-C aborts at once (a checkpoint being
+written is finished first) and exits 130.
+
+Errors a user can cause (a bad config or config file, a damaged run directory, an
+unwritable `--out`, a full disk, missing data) print one or two lines naming the file,
+the value and the fix, and exit 2; `--debug` shows the traceback instead. The processes
+of `--parallel` die with their parent (they checkpoint and exit when it is gone).
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 
+from meta_opt.experiments.command_errors import CommandError, os_error, report
 from meta_opt.optimizers.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -28,6 +36,7 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `meta-opt run`."""
     parser.add_argument("config", nargs="?", default=None,
                         help="Python file whose get_config() returns (ExperimentConfig, "
                              "OptimizerConfig) pairs; omit for the built-in default comparison")
@@ -63,8 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JAX's persistent compilation cache, so a rerun skips compiling "
                              "(default: $META_OPT_COMPILE_CACHE, else "
                              "~/.cache/meta_opt/jax_cache; 'off' disables it)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error instead of its message")
     parser.add_argument("--position", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
 
 class _StopFlag:
@@ -78,6 +90,8 @@ class _StopFlag:
         return self.signum is not None
 
     def handle(self, signum, frame) -> None:
+        """Records the signal and forwards it to the child processes; a second SIGINT
+        raises KeyboardInterrupt (a checkpoint being written is finished first)."""
         del frame
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, no checkpoint
@@ -155,12 +169,14 @@ def _check_ray() -> None:
 
 
 def run_dir_of(out: str, index: int, exp_cfg, opt_cfg) -> Path:
+    """The run directory of pair `index`: OUT/<experiment_name>/<index>_<optimizer>."""
     from meta_opt.experiments.sweep import pair_name
 
     return Path(out) / exp_cfg.experiment_name / pair_name(index, opt_cfg)
 
 
 def resume_command(args) -> str:
+    """The command line that resumes this sweep."""
     parts = ["meta-opt", "run"]
     if args.config:
         parts.append(args.config)
@@ -180,7 +196,10 @@ def resume_command(args) -> str:
     return shlex.join(parts)
 
 
-def _child_command(args, indices: list[int], position: int) -> list[str]:
+def _child_command(args, indices: list[int], position: int,
+                   parent_pid: int | None = None) -> list[str]:
+    """The `meta-opt run --only I,J,... --child` command of one group of pairs; with
+    `parent_pid`, the child dies with that process (see `die_with_parent`)."""
     cmd = [sys.executable, "-m", "meta_opt.cli", "run"]
     if args.config:
         cmd.append(args.config)
@@ -188,6 +207,8 @@ def _child_command(args, indices: list[int], position: int) -> list[str]:
         cmd += ["--set", item]
     cmd += ["--out", args.out, "--only", ",".join(map(str, indices)), "--child",
             "--no-plots", "--position", str(position), "--max-group", str(args.max_group)]
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
     if args.compile_cache is not None:
         cmd += ["--compile-cache", args.compile_cache]
     for flag in ("restart", "wandb", "no_progress"):
@@ -211,7 +232,8 @@ def _run_parallel(args, units: list[list[int]], stop: _StopFlag,
             slots[unit] = free.pop(0)
             # Own session: a terminal Ctrl-C reaches the children once, forwarded by
             # the handler above (twice would abort them without a checkpoint).
-            proc = subprocess.Popen(_child_command(args, units[unit], slots[unit]),
+            proc = subprocess.Popen(_child_command(args, units[unit], slots[unit],
+                                                   parent_pid=os.getpid()),
                                     start_new_session=True)
             running[unit] = proc
             stop.children.append(proc)
@@ -283,7 +305,9 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 
     `train steps/s`: the pair's training steps per second of compiled training (in a
     group, per its share of the group's time); `wall s`: its share of the wall time of
-    the program run that trained it, compiling and logging included.
+    the program run that trained it, compiling and logging included. A pair whose
+    training loss turned non-finite is marked `*`, with a note under the table saying
+    where (and whether it was stopped there).
     """
     header = ("pair", "settings", "loss@end ep1", "loss@end last", "best eval acc",
               "train steps/s", "wall s")
@@ -294,7 +318,14 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
         return format(v, spec) if isinstance(v, (int, float)) else str(v)  # e.g. "nan"
 
     lines = [header]
+    notes = []
     for name, s in rows:
+        bad = s.get("nonfinite")
+        if bad:
+            then = "stopped there" if bad.get("stopped") else "trained on to the end"
+            notes.append(f"* {name}: training loss {bad['value']} at episode {bad['episode']}, "
+                         f"step {bad['step']} (global step {bad['global_step']}); {then}")
+            name += " *"
         lines.append((name, s.get("settings", "")[:48],
                       fmt(s.get("first_episode_final_loss"), ".4g"),
                       fmt(s.get("last_episode_final_loss"), ".4g"),
@@ -308,20 +339,73 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
                              for i, (c, w) in enumerate(zip(line, widths, strict=True))))
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return "\n".join(out + notes)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Makes this `--parallel` child receive SIGTERM when its parent process dies.
+
+    SIGTERM is what Ctrl-C in the parent sends too: the child checkpoints at the end of its
+    chunk and exits, so a killed parent leaves no orphans training on. On Linux the kernel
+    sends it (`PR_SET_PDEATHSIG`); elsewhere a thread polls the parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) == 0:
+            if os.getppid() != parent_pid:  # it died before the death signal was set
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+def check_writable(out: str) -> None:
+    """Refuses an `--out` folder that cannot be created or written, before any work."""
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".meta_opt_probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise CommandError(f"--out {out}: cannot write there ({err.strerror or err}); choose "
+                           f"a folder you can write") from err
 
 
 def main(args) -> int:
+    """Runs `meta-opt run`; returns the exit code."""
+    try:
+        return _main(args)
+    except CommandError as err:
+        if getattr(args, "debug", False):
+            raise
+        return report("run", err)
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run loop took over)
+        if getattr(args, "child", False):
+            return SIGNAL_EXIT[signal.SIGINT]
+        print(f"\nmeta-opt run: aborted by Ctrl-C; the checkpoints on disk are complete "
+              f"(the current chunk was not saved). Resume with:\n  {resume_command(args)}",
+              file=sys.stderr)
+        return SIGNAL_EXIT[signal.SIGINT]
+
+
+def _main(args) -> int:
     started = time.perf_counter()
+    if getattr(args, "child", False) and getattr(args, "parent_pid", None):
+        die_with_parent(args.parent_pid)
     if args.ray and args.parallel > 1:
-        print("use either --parallel N or --ray, not both", file=sys.stderr)
-        return EXIT_CONFIG
+        raise CommandError("use either --parallel N or --ray, not both")
     if args.parallel < 1:
-        print(f"--parallel must be >= 1, got {args.parallel}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise CommandError(f"--parallel must be >= 1, got {args.parallel}")
     if args.max_group < 1:
-        print(f"--max-group must be >= 1, got {args.max_group}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise CommandError(f"--max-group must be >= 1, got {args.max_group}")
     try:
         from meta_opt.experiments.sweep import apply_overrides
 
@@ -349,8 +433,8 @@ def main(args) -> int:
         if args.ray:
             _check_ray()
     except (ConfigError, KeyError, RuntimeError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise CommandError(f"config error: {e}") from e
+    check_writable(args.out)
     if sweep.study is not None and not args.child:
         _write_study(args, sweep)
 
@@ -425,10 +509,22 @@ def _run(args, sweep, indices, stop: _StopFlag) -> dict[int, int]:
                       should_stop=stop)
         except Interrupted:
             break
-        except (ConfigError, KeyError, FileNotFoundError, ValueError) as e:
-            print(f"config error in pair(s) {where}: {e}", file=sys.stderr)
+        # Errors a user can cause: one line each, the other groups still run, exit 2.
+        except (CommandError, ConfigError, KeyError, FileNotFoundError, ValueError,
+                OSError) as e:
+            if args.debug:
+                raise
+            if isinstance(e, CommandError):
+                text = str(e)
+            elif isinstance(e, (ConfigError, KeyError)):
+                text = f"config error: {e}"
+            elif isinstance(e, OSError) and e.errno is not None:
+                text = str(os_error(e))
+            else:
+                text = f"{type(e).__name__}: {e}"
+            print(f"meta-opt run: pair(s) {where}: {text}", file=sys.stderr)
             failed.update({i: EXIT_CONFIG for i in unit})
-        except Exception:  # noqa: BLE001 (report, keep running the other pairs)
+        except Exception:  # noqa: BLE001 (a bug: report it in full, run the other pairs)
             traceback.print_exc()
             print(f"pair(s) {where} failed; continuing with the others", file=sys.stderr)
             failed.update({i: EXIT_FAILED for i in unit})

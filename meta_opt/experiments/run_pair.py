@@ -41,7 +41,8 @@ def run_pair(
     """Trains one pair in `run_dir` (resuming if it holds a checkpoint); returns the summary.
 
     Args:
-      exp_cfg, opt_cfg: the pair.
+      exp_cfg: the pair's experiment.
+      opt_cfg: the pair's optimizer.
       run_dir: its directory (`OUT/<experiment>/<index>_<optimizer>`).
       label: name shown in progress output.
       progress: report progress (bars on a terminal, plain lines otherwise).

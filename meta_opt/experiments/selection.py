@@ -53,6 +53,7 @@ def as_number(v: Any) -> float:
 
 
 def last_episode(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's last episode entry ({} when there is none)."""
     episodes = summary.get("episodes") or [{}]
     return episodes[-1]
 
@@ -87,6 +88,7 @@ class Spread:
 
     @property
     def iqr(self) -> float:
+        """The interquartile range (q75 - q25)."""
         return self.q75 - self.q25
 
 

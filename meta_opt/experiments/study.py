@@ -90,6 +90,7 @@ class Family:
 
     @property
     def tuned(self) -> bool:
+        """Whether the family has a grid to tune over."""
         return bool(self.grid)
 
     def points(self) -> list[dict[str, Any]]:
@@ -110,11 +111,13 @@ class Family:
         return exp, opt
 
     def to_dict(self) -> dict[str, Any]:
+        """The family as JSON-ready data (`from_dict` reads it back)."""
         return {"name": self.name, "optimizer": self.optimizer.to_dict(),
                 "grid": [[k, list(v)] for k, v in self.grid]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Family:
+        """The family of `to_dict`'s data."""
         return cls(d["name"], OptimizerConfig.from_dict(d["optimizer"]),
                    tuple((k, tuple(v)) for k, v in d.get("grid", [])))
 
@@ -185,6 +188,7 @@ class Study:
         return pairs, metadata
 
     def to_dict(self) -> dict[str, Any]:
+        """The study as JSON-ready data (what study.json holds)."""
         return {"experiment": self.experiment.to_dict(),
                 "families": [f.to_dict() for f in self.families],
                 "seeds": list(self.seeds), "selection": self.selection,
@@ -192,6 +196,7 @@ class Study:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Study:
+        """The study of `to_dict`'s data (e.g. a study.json)."""
         return cls(ExperimentConfig.from_dict(d["experiment"]),
                    tuple(Family.from_dict(f) for f in d["families"]),
                    tuple(d["seeds"]), d.get("selection", "auto"))

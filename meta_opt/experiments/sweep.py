@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +62,11 @@ def load_sweep(path: str | Path) -> list[Pair]:
 
 
 def _get_config(path: str | Path) -> Any:
-    """What the config file's `get_config()` returns."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass a path to a .py file "
-                          f"defining get_config() (examples in configs/)")
-    module_name = f"_meta_opt_sweep_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import config file '{path}' (is it a .py file?)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # so dataclasses/pickle inside the file resolve names
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"config file '{path}' must define get_config() returning a list of "
-                          f"(ExperimentConfig, OptimizerConfig) pairs or a Study")
-    return get_config()
+    """What the config file's `get_config()` returns (errors: `CommandError`, naming it)."""
+    from meta_opt.experiments.config_file import call_get_config
+
+    return call_get_config(path, "a list of (ExperimentConfig, OptimizerConfig) pairs or a "
+                           "Study", "configs/default.py")
 
 
 def check_pairs(pairs: Any, where: str = "get_config()") -> list[Pair]:
@@ -286,6 +272,7 @@ def pair_to_dict(exp_cfg: ExperimentConfig, opt_cfg: OptimizerConfig) -> dict[st
 
 
 def pair_from_dict(d: dict[str, Any]) -> Pair:
+    """The pair of its JSON form (`pair_to_dict`, what config.json holds)."""
     return ExperimentConfig.from_dict(d["experiment"]), OptimizerConfig.from_dict(d["optimizer"])
 
 

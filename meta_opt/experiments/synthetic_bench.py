@@ -56,6 +56,7 @@ class BenchFunction:
 
     @property
     def label(self) -> str:
+        """The function's name with its dimension, for tables and plots."""
         return f"{self.name} (d={self.dim})"
 
 

@@ -78,9 +78,11 @@ class Trainer:
             {p: v[0] for p, v in self.values.items()}, example)
 
     def init(self) -> TrainState:
+        """Episode 0's state: fresh params from the episode's key, a fresh optimizer state."""
         return unstack(self.program.run_init(self.values, self._seeds)[0], 0)
 
     def next_episode(self, state: TrainState) -> TrainState:
+        """The next episode's state (fresh params; MetaOpt keeps its controller)."""
         return unstack(self.program.run_next_episode(self.values, self._seeds, _one(state)), 0)
 
     def run_chunk(self, state: TrainState):
@@ -89,6 +91,7 @@ class Trainer:
         return unstack(states, 0), unstack(metrics, 0)
 
     def run_eval(self, state: TrainState) -> dict[str, jax.Array]:
+        """Mean held-out metrics (`eval_*`, `valid_*`) of `state`."""
         return unstack(self.program.run_eval(_one(state)), 0)
 
     def train_batch(self, state: TrainState):

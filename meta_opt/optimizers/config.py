@@ -6,6 +6,13 @@ hyperparameters as dataclass fields, checks values in `validate`, and builds the
 optax object in `make_jax`. `from_dict` dispatches on the name, converts JSON
 values back to field types (lists to tuples, nested dicts to configs) and rejects
 unknown names and keys with the list of valid ones.
+
+Every field's value is checked against its annotation when the config is built
+(`check_field_types`, before `validate`): an `int` field refuses floats, bools and
+strings, a `float` field refuses strings and bools, and so on, with the field, the value
+and the type wanted in the message. A wrong type is refused, never converted, so
+`num_iters="20"` fails where it is written, not later inside a compiled function. The
+same check serves configs that are not `Config`s (the meta-training config).
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import numbers
+import re
 import types
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import optax
 
 C = TypeVar("C", bound="Config")
@@ -45,6 +55,7 @@ class Config:
     _registry: ClassVar[dict[str, type[Config]]] = {}
 
     def __post_init__(self) -> None:
+        check_field_types(self, prefix=f"{type(self).__name__}.")
         self.validate()
 
     # --- to override -------------------------------------------------------------------
@@ -181,6 +192,117 @@ class Config:
             raise ConfigError(
                 f"{type(self).__name__}.{field} must be one of {_known(choices)}, got {v!r}"
             )
+
+    def check_folder_name(self, field: str) -> None:
+        """Checks that the field is a plain folder name (see `check_folder_name`)."""
+        check_folder_name(f"{type(self).__name__}.{field}", getattr(self, field))
+
+
+# --- typed fields ----------------------------------------------------------------------------
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def check_folder_name(where: str, value: str) -> None:
+    """Refuses anything but a plain folder name: letters, digits, '.', '_', '-', not
+    starting with '.' or '-' (so no '..', no path separators: it cannot leave its parent)."""
+    if not isinstance(value, str) or not _FOLDER_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{where} must be a plain folder name (letters, digits, '.', '_', '-'; no '/', "
+            f"no '..'), got {value!r}"
+        )
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass's init fields (cached per class)."""
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return _HINTS[cls]
+
+
+def check_field_types(config: Any, prefix: str = "") -> None:
+    """Raises a ConfigError naming the first field whose value does not fit its annotation.
+
+    Args:
+      config: a dataclass instance (a `Config`, or any frozen config dataclass).
+      prefix: put before the field's name in messages (e.g. "ExperimentConfig.").
+    """
+    for name, tp in _field_hints(type(config)).items():
+        check_value_type(prefix + name, getattr(config, name), tp)
+
+
+def check_value_type(where: str, value: Any, tp: Any) -> None:
+    """Raises a ConfigError when `value` does not fit the annotation `tp`: says where, the
+    value seen (and its type) and the type wanted."""
+    wanted = _wanted(value, tp)
+    if wanted is not None:
+        raise ConfigError(
+            f"{where} must be {wanted}, got {value!r} ({type(value).__name__})"
+        )
+
+
+def _is_array(value: Any) -> bool:
+    # A jax or numpy array (or a tracer) where a number goes: programs put their values
+    # into configs this way; their dtype was checked where they were made.
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _wanted(value: Any, tp: Any) -> str | None:
+    """None when `value` fits the annotation `tp`, else what `tp` asks for, in words."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        nullable = type(None) in options
+        if value is None:
+            return None if nullable else "a value (not null)"
+        wants = []
+        for option in options:
+            if option is type(None):
+                continue
+            want = _wanted(value, option)
+            if want is None:
+                return None
+            wants.append(want)
+        return " or ".join(wants + (["null"] if nullable else []))
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        return None if value in choices else f"one of {', '.join(map(repr, choices))}"
+    if tp is tuple or origin is tuple:
+        if not isinstance(value, tuple):  # a list would make the frozen config unhashable
+            return "a tuple"
+        args = typing.get_args(tp)
+        if not args:
+            return None
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(args) != len(value):
+            return f"a tuple of {len(args)} entries"
+        for arg, item in zip(args, value, strict=True):
+            want = _wanted(item, arg)
+            if want is not None:
+                return f"a tuple whose entries are each {want}"
+        return None
+    if tp is dict or origin is dict:
+        return None if isinstance(value, dict) else "a dict"
+    if tp is float:
+        if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_array(value)):
+            return "a number"
+        return None
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, numbers.Integral)
+                                           or _is_array(value)):
+            return "an integer"
+        return None
+    if tp is bool:
+        return None if isinstance(value, (bool, np.bool_)) else "True or False"
+    if tp is str:
+        return None if isinstance(value, str) else "a string"
+    if isinstance(tp, type) and issubclass(tp, Config):
+        return None if isinstance(value, tp) else f"a {tp._kind} config ({tp.__name__})"
+    return None  # other annotations (callables, meshes, ...) are not checked here
 
 
 def parse_override_value(text: str) -> Any:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import re
+import typing
 from typing import Any
 
 import optax
@@ -19,7 +21,12 @@ import optax
 from meta_opt.data.datasets import SPLITS
 from meta_opt.learned import AdafacMLPLOpt, LearnableAdam, LearnableSGD, LearnableSGDM, MLPLOpt
 from meta_opt.learned.base import LearnedOptimizer
-from meta_opt.optimizers.config import ConfigError, parse_override_value
+from meta_opt.optimizers.config import (
+    ConfigError,
+    check_folder_name,
+    check_value_type,
+    parse_override_value,
+)
 from meta_opt.optimizers.optimizer import OptaxOptimizer
 from meta_opt.outer.full_es import FullES
 from meta_opt.outer.full_grad import FullGrad
@@ -52,25 +59,6 @@ FAMILY_PATTERNS = (
     "FixedDimQuadraticFamily<dim>",
     "ImageMLPFamily_<Digits|Mnist|FashionMnist><size>_<w1>x<w2>...",
 )
-# Field types, checked on construction: a wrong type is refused, never converted.
-_INT_FIELDS = (
-    "num_tasks",
-    "trunc_length",
-    "random_initial_iteration_offset",
-    "min_length",
-    "max_length",
-    "num_steps",
-    "seed",
-    "log_every",
-    "checkpoint_every",
-    "batch_size",
-)
-_FLOAT_FIELDS = ("std", "theta_lr", "theta_grad_clip")
-_STR_FIELDS = ("name", "learned_optimizer", "estimator", "theta_optimizer")
-_OPTIONAL_STR_FIELDS = ("meta_loss_split", "data_dir")
-_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
 def _choice(kind: str, value: str, known) -> None:
     if value not in known:
         close = difflib.get_close_matches(value, list(known), n=1)
@@ -82,19 +70,6 @@ def _type_error(key: str, value: Any, wanted: str, example: str) -> ConfigError:
     return ConfigError(
         f"{key} must be {wanted}, got {value!r} ({type(value).__name__}); e.g. {key}={example}"
     )
-
-
-def _check_type(key: str, value: Any, kind: str) -> None:
-    """Refuses `value` unless it has field kind `kind` ("int", "float", "str", "str|None")."""
-    is_bool = isinstance(value, bool)
-    if kind == "int" and (is_bool or not isinstance(value, int)):
-        raise _type_error(key, value, "an integer", "3")
-    if kind == "float" and (is_bool or not isinstance(value, (int, float))):
-        raise _type_error(key, value, "a number", "0.01")
-    if kind == "str" and not isinstance(value, str):
-        raise _type_error(key, value, "a string", "'name'")
-    if kind == "str|None" and value is not None and not isinstance(value, str):
-        raise _type_error(key, value, "a string or null", "null")
 
 
 def is_task_family_name(name: str) -> bool:
@@ -141,13 +116,18 @@ def _check_lopt_kwargs(learned_optimizer: str, kwargs: Any) -> None:
         if isinstance(default, bool):
             continue
         if isinstance(default, (int, float)):
-            _check_type(f"lopt_kwargs.{key}", value, type(default).__name__)
+            check_value_type(f"lopt_kwargs.{key}", value, type(default))
         elif isinstance(default, tuple) and not isinstance(value, (list, tuple)):
             raise _type_error(f"lopt_kwargs.{key}", value, "a list", str(list(default)))
     try:
         cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"lopt_kwargs for {learned_optimizer} refused: {err}") from None
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    return typing.get_type_hints(MetaTrainConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,19 +181,12 @@ class MetaTrainConfig:
     batch_size: int = 128
 
     def __post_init__(self):
-        for keys, kind in (
-            (_INT_FIELDS, "int"),
-            (_FLOAT_FIELDS, "float"),
-            (_STR_FIELDS, "str"),
-            (_OPTIONAL_STR_FIELDS, "str|None"),
-        ):
-            for key in keys:
-                _check_type(key, getattr(self, key), kind)
-        if not _FOLDER_NAME.fullmatch(self.name):
-            raise ConfigError(
-                f"name must be a plain folder name (letters, digits, '.', '_', '-'), got "
-                f"{self.name!r}; the run directory is runs/meta_train/<name>"
-            )
+        # Types first (the shared check of `meta_opt.optimizers.config`): a wrong type is
+        # refused, never converted. task_families is normalised (and checked) below.
+        for f in dataclasses.fields(self):
+            if f.name != "task_families":
+                check_value_type(f.name, getattr(self, f.name), _field_hints()[f.name])
+        check_folder_name("name", self.name)
         _choice("learned_optimizer", self.learned_optimizer, LEARNED_OPTIMIZERS)
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("theta_optimizer", self.theta_optimizer, THETA_OPTIMIZERS)

@@ -49,8 +49,12 @@ def without_timing(records):
 
 
 def _leaves(run_dir: Path):
+    """The newest checkpoint's positions, config and metrics line count, and its arrays
+    (the metrics digest differs between runs: it covers the step times)."""
     state, meta = Checkpointer(run_dir / "checkpoints").restore_raw()
-    return meta, [np.asarray(x) for x in jax.tree.leaves(state)]
+    kept = {k: meta[k] for k in ("episode", "step", "global_step", "config")}
+    return {**kept, "lines": meta["metrics"]["lines"]}, [np.asarray(x)
+                                                        for x in jax.tree.leaves(state)]
 
 
 def _assert_same_run(got: Path, want: Path) -> None:

@@ -3,11 +3,10 @@ checkpoint folders: complete ones only, and a clear refusal of another format.""
 
 import json
 
-import pytest
+import numpy as np
 
 from meta_opt.experiments.checkpoints import Checkpointer
 from meta_opt.experiments.metrics import read_jsonl, truncate_jsonl
-from meta_opt.optimizers.config import ConfigError
 
 
 def test_truncate_keeps_lines_up_to_the_checkpoint_and_drops_a_torn_last_line(tmp_path):
@@ -39,15 +38,25 @@ def test_truncate_by_position_compares_episode_then_step(tmp_path):
 def test_checkpoints_count_only_when_complete_and_other_formats_are_refused(tmp_path):
     ckpt = Checkpointer(tmp_path / "checkpoints", max_to_keep=2)
     for step in (4, 8, 12):
-        ckpt.save(step, {"x": [step]}, {"episode": 0, "step": step, "global_step": step})
+        ckpt.save(step, {"x": np.asarray([step])}, {"episode": 0, "step": step,
+                                                    "global_step": step})
     assert ckpt.steps() == [8, 12] and ckpt.meta(8)["step"] == 8
-    (ckpt.directory / "16").mkdir()  # a save cut short before its meta.json: not a step
-    (ckpt.directory / ".tmp-20-1").mkdir()
+    # A save cut short by a kill: orbax's temporary folder, never renamed to a step.
+    (ckpt.directory / "16.orbax-checkpoint-tmp-1").mkdir()
     assert ckpt.latest_step() == 12
-    assert Checkpointer(ckpt.directory).steps() == [8, 12]  # and the temporary one is gone
-    assert not (ckpt.directory / ".tmp-20-1").exists()
-    ckpt.delete_after(8)
-    assert ckpt.steps() == [8]
-    (ckpt.directory / "16" / "state").mkdir()  # what an orbax checkpoint holds
-    with pytest.raises(ConfigError, match="--restart"):
-        ckpt.steps()
+    ckpt.close()
+    reopened = Checkpointer(ckpt.directory)
+    assert reopened.steps() == [8, 12]
+    reopened.save(20, {"x": np.asarray([20])}, {"episode": 0, "step": 20, "global_step": 20})
+    assert not (ckpt.directory / "16.orbax-checkpoint-tmp-1").exists()  # cleaned up
+    assert reopened.steps() == [12, 20]
+    reopened.delete_after(12)
+    assert reopened.steps() == [12]
+    state, meta = reopened.restore_raw(12)
+    assert state["x"].tolist() == [12] and meta["global_step"] == 12
+    legacy = ckpt.directory / "16"  # what the msgpack checkpoints of older versions held
+    legacy.mkdir()
+    (legacy / "state.msgpack").write_bytes(b"x")
+    assert "older meta_opt" in reopened.problem(16)
+    assert reopened.newest_readable()[0] == 12
+    assert not legacy.exists() and list(ckpt.directory.glob("damaged_16_*"))
