@@ -134,8 +134,10 @@ def markdown(study: Study, rows: list[FamilyRow], complete: int, total: int,
     return "\n".join(lines) + "\n"
 
 
-def write_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Writes `report.md` and the plots of a study folder; returns {"markdown", "files"}."""
+def write_report(exp_dir: str | Path, out_dir: str | Path | None = None, *,
+                 plots: bool = True) -> dict[str, Any]:
+    """Writes `report.md` (and, with `plots`, the PNGs) of a study folder; returns
+    {"markdown", "files"}."""
     from meta_opt.experiments.report_plots import plot_study
 
     exp_dir = Path(exp_dir)
@@ -148,7 +150,7 @@ def write_report(exp_dir: str | Path, out_dir: str | Path | None = None) -> dict
     rows = compare(families, results, study.selection_metric)
     total = sum(len(f.points()) for f in study.families) * len(study.seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_study(study, rows, results, out_dir)
-    text = markdown(study, rows, len(results), total, plots)
+    pngs = plot_study(study, rows, results, out_dir) if plots else []
+    text = markdown(study, rows, len(results), total, pngs)
     (out_dir / "report.md").write_text(text)
-    return {"markdown": text, "files": [out_dir / "report.md", *plots]}
+    return {"markdown": text, "files": [out_dir / "report.md", *pngs]}

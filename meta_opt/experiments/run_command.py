@@ -452,13 +452,29 @@ def _main(args) -> int:
               f"Resume with:\n  {resume_command(args)}", file=sys.stderr)
         return SIGNAL_EXIT[stop.signum]
     if not args.child:
-        _report(args, pairs, indices, time.perf_counter() - started)
+        _report(args, pairs, indices, time.perf_counter() - started, sweep.study)
     if failed:
         print(f"\n{len(failed)} pair(s) failed: {sorted(failed)}; see the errors above. "
               f"Fix and run the same command again: completed pairs are skipped.",
               file=sys.stderr)
         return max(failed.values())
     return 0
+
+
+def _study_report(folder: Path, no_plots: bool) -> None:
+    """Prints the study's comparison (tuned families selected per seed) after its runs."""
+    from meta_opt.experiments.report import write_report
+
+    try:
+        report = write_report(folder, plots=not no_plots)
+    except Exception as e:  # noqa: BLE001 (the runs are saved; the report can be redone)
+        print(f"\nthe study's report failed ({e}); try: meta-opt report {folder}",
+              file=sys.stderr)
+        return
+    summary = report["markdown"].split("\n## ")[0].rstrip()
+    print("\n" + summary)
+    print(f"\nreport: {report['files'][0]} (per-seed selections"
+          + ("" if no_plots else " and plots") + f"); again with: meta-opt report {folder}")
 
 
 def _write_study(args, sweep) -> None:
@@ -533,7 +549,8 @@ def _run(args, sweep, indices, stop: _StopFlag) -> dict[int, int]:
     return failed
 
 
-def _report(args, pairs, indices, seconds: float) -> None:
+def _report(args, pairs, indices, seconds: float, study=None) -> None:
+    """The final table, then the study's report (a study) or each experiment's plots."""
     from meta_opt.experiments.run_dir import RunDir
 
     rows = []
@@ -548,6 +565,9 @@ def _report(args, pairs, indices, seconds: float) -> None:
     print(f"\n{len(rows)} pair(s) in {seconds:.1f} s (train steps/s: per second of compiled "
           f"training; wall s: each pair's share of its program's wall time)")
     experiments = sorted({Path(args.out) / pairs[i][0].experiment_name for i in indices})
+    if study is not None:
+        _study_report(Path(args.out) / study.experiment.experiment_name, args.no_plots)
+        return
     if args.no_plots:
         print(f"\nplot with: meta-opt plot {' '.join(map(str, experiments))}")
         return

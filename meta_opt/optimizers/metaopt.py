@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, ClassVar
 
@@ -37,6 +38,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from meta_opt import sharding
+from meta_opt.optimizers.baselines import AdamWConfig
 from meta_opt.optimizers.config import (
     ConfigError,
     OptimizerConfig,
@@ -642,13 +644,23 @@ _DTYPES = ("float32", "bfloat16", "float64")
 class MetaOptConfig(OptimizerConfig):
     """Serializable MetaOpt hyperparameters; `make_jax(example_cost_fn=, mesh=)` builds it.
 
-    Defaults follow what worked on the digits MLP (docs/metaopt.md): Adam-scaled
-    disturbances, base learning rate 0, short histories (H=4, HH=2), weight decay 1e-4,
-    SGD at 1e-3 on the controller; plus a nonzero M_0 = -0.01 (`initial_m0`: the method
-    starts as Adam-like steps of 0.01 instead of standing still until the controller
-    learns) and meta-gradient clipping at norm 1 (grad_M scales with the parameter count
-    for Adam-scaled disturbances; unclipped, SGD at 1e-3 on the controller overshoots on a
-    5k-parameter MLP). `meta_optimizer=None` means plain SGD at `meta_learning_rate`.
+    The defaults are one recipe for every workload, chosen on four (digits MLP, MNIST MLP,
+    MNIST conv net, byte LM; docs/results.md): Adam-scaled disturbances with base learning
+    rate 0 and weight decay 1e-4; a one-lag controller (H=1) learned on long rollouts
+    (HH=16); Adam on the controller (AdamW at 1e-4, no decay on M) with meta-gradients
+    clipped at norm 1; and a nonzero M_0 = -0.01 (`initial_m0`: the method starts as
+    Adam-like steps of 0.01 instead of standing still until the controller learns).
+    Why each (docs/metaopt.md, "The default recipe"): short rollouts (HH=2) see the
+    period-2 oscillation of the first steps and learn from its sign flips, and lags past
+    the first turn into anti-momentum there; a 16-step rollout measures the net
+    displacement, in which that oscillation cancels. Plain SGD on M moves it by ~grad_M,
+    which is clipped (+-1, alternating) early and vanishes late; Adam's first moment
+    averages the alternation away and its normalised step keeps M moving by ~1e-4 per step
+    where the loss is small, so episodes improve steadily.
+
+    `meta_learning_rate`, when set, replaces the controller optimizer's learning rate
+    (`--set optimizer.meta_learning_rate=3e-4` tunes the default AdamW); with
+    `meta_optimizer=None` the controller takes plain SGD steps at `meta_learning_rate`.
     `skip_nonfinite` skips updates whose gradient (or controller update whose C(M) or
     grad_M) is non-finite instead of letting NaN reach M and the params.
     """
@@ -660,11 +672,11 @@ class MetaOptConfig(OptimizerConfig):
     weight_decay: float = 1e-4
     grad_clip: float | None = None
     scale_by_adam_betas: tuple[float, float] | None = (0.9, 0.999)
-    H: int = 4
-    HH: int = 2
+    H: int = 1
+    HH: int = 16
     m_method: str = "scalar"
-    meta_optimizer: OptimizerConfig | None = None
-    meta_learning_rate: float = 1e-3
+    meta_optimizer: OptimizerConfig | None = AdamWConfig(learning_rate=1e-4, weight_decay=0.0)
+    meta_learning_rate: float | None = None
     fake_the_dynamics: bool = False
     freeze_gpc_params: bool = False
     freeze_cost_fn_during_rollouts: bool = False
@@ -689,6 +701,26 @@ class MetaOptConfig(OptimizerConfig):
         if self.meta_optimizer is not None and self.meta_optimizer.requires_cost_fn:
             raise ConfigError("MetaOptConfig.meta_optimizer cannot itself need a cost_fn, got "
                               f"{self.meta_optimizer.registered_name()!r}")
+        if self.meta_optimizer is None and self.meta_learning_rate is None:
+            raise ConfigError("MetaOptConfig: meta_optimizer=None (plain SGD on the "
+                              "controller) needs meta_learning_rate, e.g. 1e-3")
+        if (self.meta_optimizer is not None and self.meta_learning_rate is not None
+                and not hasattr(self.meta_optimizer, "learning_rate")):
+            raise ConfigError(
+                "MetaOptConfig.meta_learning_rate replaces the controller optimizer's "
+                f"learning_rate, but {self.meta_optimizer.registered_name()!r} has none; "
+                "set meta_learning_rate=None")
+
+    def controller_optimizer(self) -> OptimizerConfig | None:
+        """The controller's optimizer config with `meta_learning_rate` applied (None: SGD).
+
+        Not validated again: inside a grid's compiled step the rate may be a tracer.
+        """
+        if self.meta_optimizer is None or self.meta_learning_rate is None:
+            return self.meta_optimizer
+        meta = copy.copy(self.meta_optimizer)  # frozen: copied without __init__
+        object.__setattr__(meta, "learning_rate", self.meta_learning_rate)
+        return meta
 
     def make_jax(
         self, example_cost_fn: Any = None, mesh: Mesh | None = None
@@ -700,11 +732,8 @@ class MetaOptConfig(OptimizerConfig):
             replay past costs size their history from it).
           mesh: shard the per-parameter buffers along this mesh's "opt" axis.
         """
-        meta_tx = (
-            optax.sgd(self.meta_learning_rate)
-            if self.meta_optimizer is None
-            else self.meta_optimizer.make_jax()
-        )
+        meta = self.controller_optimizer()
+        meta_tx = optax.sgd(self.meta_learning_rate) if meta is None else meta.make_jax()
         return metaopt(
             base_learning_rate=as_optax_learning_rate(self.base_learning_rate),
             weight_decay=self.weight_decay,

@@ -65,7 +65,6 @@ def metaopt_from_config(config: Any, params: Any, **overrides: Any) -> MetaOpt:
         "H": config.H,
         "HH": config.HH,
         "m_method": config.m_method,
-        "meta_learning_rate": config.meta_learning_rate,
         "fake_the_dynamics": config.fake_the_dynamics,
         "freeze_gpc_params": config.freeze_gpc_params,
         "freeze_cost_fn_during_rollouts": config.freeze_cost_fn_during_rollouts,
@@ -78,9 +77,11 @@ def metaopt_from_config(config: Any, params: Any, **overrides: Any) -> MetaOpt:
     }
     if hasattr(config, "skip_nonfinite"):
         kwargs["skip_nonfinite"] = config.skip_nonfinite
-    if config.meta_optimizer is not None and "meta_optimizer" not in overrides:
-        kwargs["meta_optimizer"], kwargs["meta_optimizer_kwargs"] = _meta_optimizer(
-            config.meta_optimizer
-        )
+    meta = config.controller_optimizer()  # meta_learning_rate applied
+    if meta is None:  # the config's plain SGD on the controller
+        kwargs["meta_optimizer"], kwargs["meta_learning_rate"] = (torch.optim.SGD,
+                                                                 config.meta_learning_rate)
+    elif "meta_optimizer" not in overrides:
+        kwargs["meta_optimizer"], kwargs["meta_optimizer_kwargs"] = _meta_optimizer(meta)
     kwargs.update(overrides)
     return MetaOpt(params, **kwargs)

@@ -52,7 +52,8 @@ class MetaOpt(torch.optim.Optimizer):
       H: number of past disturbances the controller acts on (>= 1).
       HH: rollout length used to learn M (>= 1).
       m_method: "scalar", "diagonal" or "full" M_i.
-      meta_optimizer: a torch optimizer class for M (default `torch.optim.SGD`).
+      meta_optimizer: a torch optimizer class for M (default: `torch.optim.AdamW` without
+        weight decay, the config's default controller optimizer).
       meta_learning_rate: its learning rate, unless `meta_optimizer_kwargs` sets "lr".
       fake_the_dynamics: replay recorded disturbances instead of recomputing gradients.
       freeze_gpc_params: deployment: M fixed, no rollouts, only H disturbances kept, no
@@ -88,11 +89,11 @@ class MetaOpt(torch.optim.Optimizer):
         weight_decay: float = 1e-4,
         grad_clip: float | None = None,
         scale_by_adam_betas: tuple[float, float] | None = (0.9, 0.999),
-        H: int = 4,
-        HH: int = 2,
+        H: int = 1,
+        HH: int = 16,
         m_method: str = "scalar",
         meta_optimizer: type[torch.optim.Optimizer] | None = None,
-        meta_learning_rate: float = 1e-3,
+        meta_learning_rate: float = 1e-4,
         fake_the_dynamics: bool = False,
         freeze_gpc_params: bool = False,
         freeze_cost_fn_during_rollouts: bool = False,
@@ -168,8 +169,11 @@ class MetaOpt(torch.optim.Optimizer):
         dev, cdt, hdt = layout.device, self.compute_dtype, self.history_dtype
         M = ctrl.initial_controller(m_method, H, n, initial_m0, initial_gpc_params, cdt, dev)
         self.controller = ctrl.project_(M, max_gpc_norm)
-        meta_cls = torch.optim.SGD if meta_optimizer is None else meta_optimizer
-        meta_kwargs = {"lr": meta_learning_rate, **(meta_optimizer_kwargs or {})}
+        if meta_optimizer is None:  # MetaOptConfig's default: AdamW, no decay on M
+            meta_cls, defaults = torch.optim.AdamW, {"weight_decay": 0.0}
+        else:
+            meta_cls, defaults = meta_optimizer, {}
+        meta_kwargs = {"lr": meta_learning_rate, **defaults, **(meta_optimizer_kwargs or {})}
         self.meta_optimizer = meta_cls([self.controller], **meta_kwargs)
 
         like = torch.zeros(n, dtype=cdt, device=dev)

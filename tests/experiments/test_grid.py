@@ -119,9 +119,10 @@ def test_structure_decides_sharing_and_zero_is_structure():
     program = program_for(cfg, base)
     # A nonzero base learning rate is a value (MetaOpt records the rates it plays), but
     # zero is structure: with eta = 0 MetaOpt compiles the cheaper fake rollout.
-    assert {"base_learning_rate", "meta_learning_rate", "weight_decay"} <= set(
+    assert {"base_learning_rate", "meta_optimizer.learning_rate", "weight_decay"} <= set(
         program.value_paths)
-    assert program_for(cfg, base.replace(meta_learning_rate=0.5)) is program
+    faster = base.meta_optimizer.replace(learning_rate=0.5)
+    assert program_for(cfg, base.replace(meta_optimizer=faster)) is program
     assert program_for(cfg.replace(seed=3), base) is program
     assert program_for(cfg, base.replace(base_learning_rate=0.2)) is program
     assert program_for(cfg, base.replace(base_learning_rate=0.0)) is not program

@@ -1,7 +1,7 @@
 """`--set` targets pairs: every pair, pairs by optimizer name, one pair by index.
 
-The sweep is the built-in default (two MetaOpt pairs, two SGD, AdamW, DoG): only configs
-are built, nothing trains.
+The sweep is configs/quick_comparison.py (two MetaOpt pairs, two SGD, AdamW, DoG): only
+configs are built, nothing trains.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from meta_opt import cli
 from meta_opt.experiments.sweep import apply_overrides, load_sweep, parse_overrides
 from meta_opt.optimizers import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.py"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick_comparison.py"
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +53,13 @@ def test_the_readme_command_runs_with_list(capsys):
 def test_optimizer_field_changes_only_the_pairs_that_have_it(sweep):
     after = apply_overrides(sweep, ["experiment.num_episodes=5", "optimizer.H=3"])
     assert all(exp.num_episodes == 5 for exp, _ in after)
-    assert changed(sweep, after) == {0: {"H": (2, 3)}, 1: {"H": (2, 3)}}
+    assert changed(sweep, after) == {0: {"H": (1, 3)}, 1: {"H": (1, 3)}}
 
 
 def test_optimizer_name_targets_every_pair_using_it(sweep):
     after = apply_overrides(sweep, ["SGD.momentum=0.5", "MetaOpt.HH=3"])
     assert changed(sweep, after) == {
-        0: {"HH": (2, 3)}, 1: {"HH": (2, 3)},
+        0: {"HH": (16, 3)}, 1: {"HH": (16, 3)},
         2: {"momentum": (0.0, 0.5)}, 3: {"momentum": (0.9, 0.5)},
     }
     assert [e for e, _ in after] == [e for e, _ in sweep]  # experiments untouched
@@ -67,7 +67,7 @@ def test_optimizer_name_targets_every_pair_using_it(sweep):
 
 def test_pair_index_targets_one_pair(sweep):
     after = apply_overrides(sweep, ["pair1.H=4", "pair3.learning_rate=0.05"])
-    assert changed(sweep, after) == {1: {"H": (2, 4)}, 3: {"learning_rate": (0.1, 0.05)}}
+    assert changed(sweep, after) == {1: {"H": (1, 4)}, 3: {"learning_rate": (0.1, 0.05)}}
 
 
 def test_later_overrides_win(sweep):

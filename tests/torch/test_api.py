@@ -120,15 +120,15 @@ def test_parameter_groups_and_mixed_dtypes_are_refused():
 
 
 def test_config_builds_the_same_optimizer_on_both_sides():
-    """make_torch keeps the config's defaults (Adam-scaled disturbances, M_0 = -0.01, H=4,
-    HH=2) and maps a controller optimizer config onto its torch counterpart."""
+    """make_torch keeps the config's defaults (Adam-scaled disturbances, M_0 = -0.01, H=1,
+    HH=16) and maps a controller optimizer config onto its torch counterpart."""
     config = MetaOptConfig(meta_optimizer=SGDConfig(learning_rate=0.01, momentum=0.9))
     batches = _batches(10)
     model_a, model_b = _mlp(), _mlp()
     from_config = config.make_torch(model_a.parameters())
     direct = MetaOpt(model_b.parameters(), meta_optimizer=torch.optim.SGD,
                      meta_optimizer_kwargs={"lr": 0.01, "momentum": 0.9})
-    assert from_config.H == 4 and from_config.HH == 2
+    assert from_config.H == 1 and from_config.HH == 16
     assert float(from_config.controller[0]) == pytest.approx(-0.01)
     assert isinstance(from_config.meta_optimizer, torch.optim.SGD)
     assert from_config.meta_optimizer.param_groups[0]["momentum"] == 0.9
@@ -140,6 +140,21 @@ def test_config_builds_the_same_optimizer_on_both_sides():
         from meta_opt.optimizers import DoGConfig
 
         MetaOptConfig(meta_optimizer=DoGConfig()).make_torch(_mlp().parameters())
+
+
+def test_default_controller_optimizer_and_meta_learning_rate_map_to_torch():
+    """The default controller optimizer (AdamW 1e-4, no decay) becomes torch's AdamW, and
+    meta_learning_rate replaces its rate; without a controller optimizer it is SGD's."""
+    group = MetaOptConfig().make_torch(_mlp().parameters()).meta_optimizer.param_groups[0]
+    assert isinstance(MetaOptConfig().make_torch(_mlp().parameters()).meta_optimizer,
+                      torch.optim.AdamW)
+    assert (group["lr"], group["weight_decay"], group["betas"]) == (1e-4, 0.0, (0.9, 0.999))
+    tuned = MetaOptConfig(meta_learning_rate=3e-4).make_torch(_mlp().parameters())
+    assert tuned.meta_optimizer.param_groups[0]["lr"] == 3e-4
+    sgd = MetaOptConfig(meta_optimizer=None, meta_learning_rate=0.05).make_torch(
+        _mlp().parameters())
+    assert isinstance(sgd.meta_optimizer, torch.optim.SGD)
+    assert sgd.meta_optimizer.param_groups[0]["lr"] == 0.05
 
 
 def test_bfloat16_histories_keep_float32_params_and_updates():

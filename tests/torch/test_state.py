@@ -106,9 +106,9 @@ def test_reset_refuses_another_model():
 
 def test_load_state_dict_refuses_other_options():
     params = [torch.zeros(3, requires_grad=True)]
-    saved = MetaOpt(params, m_method="diagonal").state_dict()
+    saved = MetaOpt(params, H=4, m_method="diagonal").state_dict()
     with pytest.raises(ValueError, match=r"saved controller has shape \(4, 3\).*\(4,\)"):
-        MetaOpt(params).load_state_dict(saved)
+        MetaOpt(params, H=4).load_state_dict(saved)
     saved = MetaOpt(params, HH=3).state_dict()
     with pytest.raises(ValueError, match="disturbances is a tensor of shape"):
         MetaOpt(params).load_state_dict(saved)

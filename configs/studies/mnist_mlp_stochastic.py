@@ -1,0 +1,18 @@
+"""Study: the 28x28 MNIST MLP (128x128 ReLU), stochastic (batch 128), 5 episodes x 500 steps, 3 seeds.
+
+SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids against MetaOpt
+(scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all untuned at their
+defaults. Selection per seed: the validation loss on a held-out part of the training data (never the test split).
+
+    meta-opt run configs/studies/mnist_mlp_stochastic.py --parallel 2
+    meta-opt report runs/mnist_mlp_stochastic
+"""
+
+from meta_opt.experiments.study_families import half_decades, standard_study
+
+
+def get_config():
+    return standard_study(
+        "mnist_mlp_stochastic", "ImageMLP_Mnist28_Relu128x128", full_batch=False, batch_size=128,
+        num_episodes=5, num_iters=500,
+        sgd=half_decades(-3, 1), momentum=half_decades(-4, 0), adamw=half_decades(-6, -2))
