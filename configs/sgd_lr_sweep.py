@@ -8,7 +8,7 @@ structures: without momentum there is no momentum buffer). Read the table at the
     meta-opt run configs/sgd_lr_sweep.py
     meta-opt plot runs/sgd_lr_sweep
 
-For tuning over seeds with a report, declare a study instead (configs/digits_study.py).
+For tuning over seeds with a report, declare a study instead (configs/studies/).
 """
 
 from meta_opt.experiments.config import ExperimentConfig

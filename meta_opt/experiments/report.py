@@ -16,7 +16,13 @@ from typing import Any
 
 from meta_opt.experiments.run_dir import CONFIG_FILE, SUMMARY_FILE
 from meta_opt.experiments.run_group import STUDY_MEMBER_FILE
-from meta_opt.experiments.selection import FamilyRow, Result, compare, selection_value
+from meta_opt.experiments.selection import (
+    FamilyRow,
+    Result,
+    compare,
+    selection_value,
+    untuned_against_tuned,
+)
 from meta_opt.experiments.study import STUDY_FILE, Study
 
 METRIC_NAMES = {"final_train_loss": "last-episode final train loss",
@@ -121,6 +127,20 @@ def markdown(study: Study, rows: list[FamilyRow], complete: int, total: int,
         if row.diverged:
             cells[0] += f" ({row.diverged} seed(s) diverged)"
         lines.append("| " + " | ".join(cells) + " |")
+    untuned = untuned_against_tuned(rows, metric)
+    if untuned:
+        lines += ["", "## Untuned families against the best tuned family", "",
+                  f"Per seed: the untuned family's {METRIC_NAMES[metric]} over the best "
+                  f"tuned family's at that seed (below 1: the untuned family wins). Steady: "
+                  f"seeds whose end-of-episode train loss never rises more than 20% above "
+                  f"its best so far.", "",
+                  "| family | ratio per seed | median ratio | steady | end-of-episode train "
+                  "loss (median over seeds) |", "|---|---|---|---|---|"]
+        for u in untuned:
+            per_seed = ", ".join(f"{_g(v, '.3g')} (seed {s})" for s, v in u.ratios.items())
+            curve = ", ".join(_g(v, ".3g") for v in u.episode_end)
+            lines.append(f"| {u.family} | {per_seed} | {_g(u.median_ratio, '.3g')} | "
+                         f"{u.steady}/{len(u.ratios)} | {curve} |")
     lines += ["", "## Per seed", "",
               "| family | seed | selected | " + METRIC_NAMES[metric] + " | run |",
               "|---|---|---|---|---|"]

@@ -195,3 +195,62 @@ def compare(families: list[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]]],
     best_median = min(finite) if finite else math.nan
     ratio = lambda m: m / best_median if best_median > 0 else math.nan  # nan > 0 is False
     return [FamilyRow(ratio_to_best=ratio(p["selection"].median), **p) for p in partial]
+
+
+def non_increasing(values: list[float], tolerance: float = 0.2) -> bool:
+    """Whether each value is at most (1 + tolerance) x the smallest value before it (a
+    sequence of end-of-episode losses that improves steadily, up to noise)."""
+    numbers = [as_number(v) for v in values]
+    for i in range(1, len(numbers)):
+        if not numbers[i] <= (1 + tolerance) * min(numbers[:i]):
+            return False
+    return True
+
+
+def episode_end_losses(summary: dict[str, Any]) -> list[float]:
+    """The final training loss of each episode of a run (+inf where not finite)."""
+    return [as_number(e.get("train_loss")) for e in summary.get("episodes") or []]
+
+
+@dataclasses.dataclass(frozen=True)
+class UntunedRow:
+    """An untuned family against the best tuned family, seed by seed.
+
+    Attributes:
+      family: the untuned family.
+      ratios: per seed, its selection metric over the smallest selected value among the
+        tuned families at that seed (the best LR-tuned baseline of that seed).
+      median_ratio: the median of `ratios` (a diverged seed counts as +inf).
+      steady: seeds whose end-of-episode training loss is non-increasing within 20%.
+      episode_end: per episode, the median over seeds of the end-of-episode train loss.
+    """
+
+    family: str
+    ratios: dict[int, float]
+    median_ratio: float
+    steady: int
+    episode_end: list[float]
+
+
+def untuned_against_tuned(rows: list[FamilyRow], metric: str) -> list[UntunedRow]:
+    """For each untuned family, its ratio to the best tuned family per seed (empty when
+    the study has no tuned family)."""
+    tuned = [r for r in rows if r.tuned]
+    out = []
+    for row in rows:
+        if row.tuned or not tuned:
+            continue
+        ratios = {}
+        for seed, result in row.selected.items():
+            best = min((selection_value(t.selected[seed].summary, metric) for t in tuned
+                        if seed in t.selected), default=math.nan)
+            value = selection_value(result.summary, metric)
+            ratios[seed] = value / best if best > 0 and math.isfinite(best) else math.nan
+        curves = [episode_end_losses(r.summary) for r in row.selected.values()]
+        length = min(map(len, curves), default=0)
+        out.append(UntunedRow(
+            family=row.family, ratios=ratios,
+            median_ratio=quantile(list(ratios.values()), 0.5),
+            steady=sum(non_increasing(c) for c in curves),
+            episode_end=[quantile([c[i] for c in curves], 0.5) for i in range(length)]))
+    return out

@@ -16,7 +16,15 @@ from meta_opt import cli
 from meta_opt.experiments.config import ExperimentConfig
 from meta_opt.experiments.metrics import read_jsonl
 from meta_opt.experiments.report import load_study
-from meta_opt.experiments.selection import Result, compare, edge_flags, select, spread
+from meta_opt.experiments.selection import (
+    Result,
+    compare,
+    edge_flags,
+    non_increasing,
+    select,
+    spread,
+    untuned_against_tuned,
+)
 from meta_opt.experiments.study import Family, Study
 from meta_opt.optimizers import SGDConfig
 from meta_opt.optimizers.config import ConfigError
@@ -105,6 +113,26 @@ def test_aggregation_arithmetic_on_hand_made_summaries():
     assert edge_flags(GRID, {"learning_rate": 0.01}) == ["learning_rate at min"]
     assert edge_flags(GRID, {"learning_rate": 0.1}) == []
     assert edge_flags((("m", ("a", "b")),), {"m": "a"}) == []  # not a numeric axis
+
+
+def test_untuned_family_against_the_best_tuned_family_seed_by_seed():
+    c_grid = (("learning_rate", (0.5, 5.0)),)  # a second tuned family, best at seed 0 only
+    results = _hand_made() + [Result("C", {"learning_rate": lr}, seed, _summary(final))
+                              for seed, finals in {0: (0.15, 0.6), 1: (0.9, 0.8),
+                                                   2: (0.7, 0.9)}.items()
+                              for lr, final in zip((0.5, 5.0), finals, strict=True)]
+    rows = compare([("A", GRID), ("C", c_grid), ("B", ())], results, "final_train_loss")
+    (b,) = untuned_against_tuned(rows, "final_train_loss")
+    # B's finals 0.4, 0.5, 0.6 over the best tuned member per seed: C's 0.15 at seed 0,
+    # A's 0.1 and 0.3 at seeds 1 and 2.
+    assert b.family == "B" and b.ratios == pytest.approx({0: 0.4 / 0.15, 1: 5.0, 2: 2.0})
+    assert b.median_ratio == pytest.approx(0.4 / 0.15)
+    assert b.episode_end == pytest.approx([1.0, 0.5])  # median over seeds per episode
+    assert b.steady == 3  # each B run halves its loss from episode 1 to 2
+    assert untuned_against_tuned(rows[2:], "final_train_loss") == []  # nothing tuned
+    assert non_increasing([1.0, 0.5, 0.59]) and not non_increasing([1.0, 0.5, 0.61])
+    assert non_increasing([1.0, 1.2, 0.9]) and not non_increasing([1.0, "nan"])
+    assert not non_increasing([1.0, 1.1], tolerance=0.05)
 
 
 def _picks(results: list[Result], metric: str) -> dict:
@@ -213,6 +241,10 @@ def test_report_of_a_small_real_study(tmp_path, capsys):
                     for s in (0, 1)})
     assert all(flag in sgd_row[5] for flag in edges)  # two grid points: always at an edge
     assert "| SGD | 0 |" in text and "last-episode final train loss" in text
+    against = next(line for line in text.split("## Untuned families")[1].splitlines()
+                   if line.startswith("| SGD untuned |")).split(" | ")
+    per_seed = [u / t for u, t in zip(untuned, sgd_best, strict=True)]
+    assert against[1] == ", ".join(f"{r:.3g} (seed {s})" for s, r in enumerate(per_seed))
     pngs = {p.name for p in (folder / "report").glob("*.png")}
     assert pngs == {"episode_end_loss.png", "selected_loss_curves.png", "grid_search.png"}
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in (folder / "report").glob("*.png"))
