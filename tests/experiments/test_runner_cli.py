@@ -296,7 +296,7 @@ def test_tensorboard_groups_scalars_names_runs_and_records_hparams(sweep):
     pair = out / "cli" / "1_MetaOpt"
     events = _events(pair / "tensorboard")
     folders = {folder.name for folder, _ in events}
-    assert folders == {"1_MetaOpt (H=2, meta_learning_rate=0.01)"}  # what TensorBoard shows
+    assert folders == {"1_MetaOpt (H=2, HH=2, meta_learning_rate=0.01)"}  # what TB shows
     scalars = {}
     for _, e in events:
         for v in e.summary.value:
