@@ -1,7 +1,7 @@
 """MetaOpt as a drop-in optax optimizer for a flax MLP on the 8x8 digits (< 1 minute on CPU).
 
 Trains the same MLP with plain SGD and with MetaOpt (default config: Adam-scaled
-disturbances, base learning rate 0, a learned scalar controller over H=4 lags) for a few
+disturbances, base learning rate 0, a learned scalar step size M_0, H=1) for a few
 hundred minibatch steps inside one jitted `lax.scan` each, then prints the training
 loss along the way and the test accuracy. The loop is the usual flax one with
 `MetaOptTrainState`, whose `apply_gradients` forwards `cost_fn` to the optimizer.

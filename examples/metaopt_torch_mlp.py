@@ -2,7 +2,7 @@
 
 Trains the same torch MLP with torch.optim.SGD and with `meta_opt.torch.MetaOpt` (the
 `MetaOptConfig` defaults: Adam-scaled disturbances, base learning rate 0, a learned scalar
-controller over H=4 lags; and a real-rollout variant on raw gradients) in the usual torch
+controller M_0 (H=1); and a real-rollout variant on raw gradients) in the usual torch
 loop, then prints the training loss along the way, the test accuracy and the learned
 controller.
 
