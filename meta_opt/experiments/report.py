@@ -96,7 +96,8 @@ def markdown(study: Study, rows: list[FamilyRow], complete: int, total: int,
         f"# Study `{exp.experiment_name}`",
         "",
         f"Workload `{exp.workload_name}`, {mode}, {exp.num_episodes} episodes x "
-        f"{exp.num_iters} steps, seeds {', '.join(map(str, study.seeds))}; "
+        f"{exp.num_iters} steps, seed{'s' if len(study.seeds) > 1 else ''} "
+        f"{', '.join(map(str, study.seeds))}; "
         f"{complete} of {total} runs complete.",
         "",
         f"Selection: per seed, each family's grid member with the lowest {METRIC_NAMES[metric]}"

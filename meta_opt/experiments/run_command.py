@@ -471,7 +471,7 @@ def _study_report(folder: Path, no_plots: bool) -> None:
         print(f"\nthe study's report failed ({e}); try: meta-opt report {folder}",
               file=sys.stderr)
         return
-    summary = report["markdown"].split("\n## ")[0].rstrip()
+    summary = report["markdown"].split("\n## Per seed")[0].rstrip()
     print("\n" + summary)
     print(f"\nreport: {report['files'][0]} (per-seed selections"
           + ("" if no_plots else " and plots") + f"); again with: meta-opt report {folder}")
