@@ -1,8 +1,8 @@
-"""Study: the one-layer byte-level language model, full batch (batch 128), 5 episodes x 300 steps, 3 seeds.
-
-SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids against MetaOpt
-(scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all untuned at their
-defaults. Selection per seed: the last episode's final train loss (never the test split).
+"""Study: the one-layer byte-level language model, full batch (batch 128), 5 episodes x 300
+steps, 3 seeds. SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids
+against MetaOpt (scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all
+untuned at their defaults. Selection per seed: the last episode's final train loss (never
+the test split).
 
     meta-opt run configs/studies/byte_lm_fullbatch.py --parallel 2
     meta-opt report runs/byte_lm_fullbatch

@@ -1,8 +1,8 @@
-"""Study: the MNIST conv net (32 and 64 channels), stochastic (batch 128), 5 episodes x 500 steps, 3 seeds.
-
-SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids against MetaOpt
-(scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all untuned at their
-defaults. Selection per seed: the validation loss on a held-out part of the training data (never the test split).
+"""Study: the MNIST conv net (32 and 64 channels), stochastic (batch 128), 5 episodes x 500
+steps, 3 seeds. SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids
+against MetaOpt (scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all
+untuned at their defaults. Selection per seed: the validation loss on a held-out part of the
+training data (never the test split).
 
     meta-opt run configs/studies/mnist_conv_stochastic.py --parallel 2
     meta-opt report runs/mnist_conv_stochastic

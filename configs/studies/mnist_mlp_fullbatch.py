@@ -1,8 +1,8 @@
-"""Study: the 28x28 MNIST MLP (128x128 ReLU), full batch (batch 512), 5 episodes x 300 steps, 3 seeds.
-
-SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids against MetaOpt
-(scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all untuned at their
-defaults. Selection per seed: the last episode's final train loss (never the test split).
+"""Study: the 28x28 MNIST MLP (128x128 ReLU), full batch (batch 512), 5 episodes x 300 steps, 3
+seeds. SGD, momentum 0.9 and AdamW tuned over half-decade learning-rate grids against
+MetaOpt (scalar, diagonal) and DoG, DoWG, Prodigy, Mechanic, D-Adaptation, all untuned at
+their defaults. Selection per seed: the last episode's final train loss (never the test
+split).
 
     meta-opt run configs/studies/mnist_mlp_fullbatch.py --parallel 2
     meta-opt report runs/mnist_mlp_fullbatch

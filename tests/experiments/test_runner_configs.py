@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_every_workload_has_a_full_batch_and_a_stochastic_study():
             rates = [p["learning_rate"] for p in family.points()]
             assert len(rates) >= 5  # half-decade steps: each rate ~3.16x the last
             assert all(b / a == pytest.approx(10 ** 0.5, rel=1e-5)
-                       for a, b in zip(rates, rates[1:]))
+                       for a, b in itertools.pairwise(rates))
         untuned = {f.name: f.optimizer for f in study.families if not f.tuned}
         assert untuned["MetaOpt scalar"] == MetaOptConfig()  # the library default, untuned
         assert untuned["MetaOpt diagonal"] == MetaOptConfig(m_method="diagonal")
