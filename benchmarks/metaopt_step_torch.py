@@ -60,8 +60,8 @@ def torch_runner(name: str, batches, device: str):
         m_method, fake = next((m, f) for m, f in MODES if mode_name(m, f) == name)
         opt = MetaOpt(model.parameters(), base_learning_rate=0.1, weight_decay=0.0,
                       scale_by_adam_betas=None, H=H, HH=HH, m_method=m_method,
-                      fake_the_dynamics=fake, meta_learning_rate=1e-4, meta_grad_clip=None,
-                      initial_m0=0.0)
+                      fake_the_dynamics=fake, meta_optimizer=torch.optim.SGD,
+                      meta_learning_rate=1e-4, meta_grad_clip=None, initial_m0=0.0)
     counter = [0]
 
     def step():

@@ -66,7 +66,7 @@ def _breakdown(exp_dir: Path) -> str:
     mean = lambda k: statistics.mean(s[k] for s in summaries)
     return (f"per pair: wall {mean('wall_seconds'):.2f} s = compile "
             f"{mean('compile_seconds'):.2f} + train {mean('train_seconds'):.3f} + other "
-            f"{mean('overhead_seconds'):.2f}")
+            f"{mean('overhead_seconds'):.2f}, {len(summaries)} pairs")
 
 
 def main() -> None:
@@ -98,11 +98,11 @@ def main() -> None:
         print(f"  one SGD pair alone          {med['single']:7.2f} s   "
               f"({_breakdown(last_out['single'] / 'single')})")
         print(f"  5 lr x 3 seeds SGD grid     {med['grid']:7.2f} s   "
-              f"({_breakdown(last_out['grid'] / 'grid')}, 15 pairs)")
+              f"({_breakdown(last_out['grid'] / 'grid')})")
         print(f"  ratio grid / single         {med['grid'] / med['single']:7.2f} x   "
               f"(target <= 3x)")
-        print(f"  make run (default sweep)    {med['default']:7.2f} s   (target <= 30 s; "
-              f"{_breakdown(last_out['default'] / 'default')}, 6 pairs)")
+        print(f"  make run (default study)    {med['default']:7.2f} s   (target <= 30 s; "
+              f"{_breakdown(last_out['default'] / 'default')})")
 
 
 if __name__ == "__main__":

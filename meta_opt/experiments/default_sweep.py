@@ -6,7 +6,7 @@ offline 8x8-digits MLP (`ImageMLP_Digits8_Relu32`, bundled with scikit-learn), f
 5 episodes x 300 steps, seed 0: MetaOpt's controller is carried from episode to episode,
 the baselines start afresh each time. It ends with the study's table (each family's best
 grid member on the last episode's train loss). Each grid runs as one compiled program,
-so the whole comparison takes about 30 s on 2 CPUs. `EXPERIMENT` is the shared
+so the whole comparison takes about 16 s on 2 CPUs. `EXPERIMENT` is the shared
 experiment of the small digits configs in `configs/`.
 """
 
