@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from meta_opt.controller_file import CONTROLLER_FILE
 from meta_opt.experiments.command_errors import CommandError, naming
 from meta_opt.experiments.file_records import (
     complete_lines,
@@ -47,7 +48,6 @@ from meta_opt.optimizers.config import ConfigError
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
-CONTROLLER_FILE = "controller.npz"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-M_METHODS = ("scalar", "diagonal", "full")
-CONTROLLER_FILE = "controller.npz"
+# The file format is shared with the PyTorch MetaOpt; load_controller is re-exported here.
+from meta_opt.controller_file import M_METHODS, load_controller, write_controller  # noqa: F401
 
 
 @flax.struct.dataclass
@@ -205,13 +205,6 @@ def reset_for_new_episode(state: Any, params: Any) -> Any:
     )
 
 
-def _controller_path(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    if os.path.isdir(path) or not path.endswith(".npz"):
-        return os.path.join(path, CONTROLLER_FILE)
-    return path
-
-
 def save_controller(path: str | os.PathLike, state: Any) -> str:
     """Writes the controller of `state` to `controller.npz` (in `path` if a directory).
 
@@ -229,32 +222,6 @@ def save_controller(path: str | os.PathLike, state: Any) -> str:
         M = M[:, :n]
     elif M.ndim == 3:
         M = M[:, :n, :n]
-    file = _controller_path(path)
-    os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
-    with open(file, "wb") as fh:
-        np.savez(fh, M=M, m_method=np.array(m_method_of(M)), H=np.array(M.shape[0]),
-                 num_params=np.array(n))
-    return file
+    return write_controller(path, M, n)
 
 
-def load_controller(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads `controller.npz` (or a directory holding one): {M, m_method, H, num_params}.
-
-    M comes back as a numpy array in the dtype it was saved in."""
-    file = _controller_path(path)
-    if not os.path.exists(file):
-        raise FileNotFoundError(
-            f"no controller file at {file!r}; pass a controller.npz written by save_controller "
-            "or the directory that holds it"
-        )
-    with np.load(file) as z:
-        out = {
-            "M": np.asarray(z["M"]),
-            "m_method": str(z["m_method"]),
-            "H": int(z["H"]),
-            "num_params": int(z["num_params"]),
-        }
-    if out["m_method"] not in M_METHODS or out["M"].ndim != M_METHODS.index(out["m_method"]) + 1:
-        raise ValueError(f"corrupt controller file {file!r}: m_method={out['m_method']!r}, "
-                         f"M shape {out['M'].shape}")
-    return out

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-M_METHODS = ("scalar", "diagonal", "full")
+from meta_opt.controller_file import M_METHODS  # one list for the JAX and torch sides
 
 
 def lag_rows(s: int, H: int, K: int) -> list[int]:
