@@ -31,6 +31,7 @@ from meta_opt.tasks.image_data import (
     spell_dataset,
 )
 from meta_opt.tasks.registry import register_task_pattern
+from meta_opt.tasks.tap_conv import conv_general_dilated
 
 # Channels of VGG-16's 13 conv layers; "M" is a 2x2 max pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
@@ -49,7 +50,9 @@ class SmallCNN(nn.Module):
         del train
         act = ACTIVATIONS[self.activation]
         for c in self.channels:
-            x = act(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x))
+            x = nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME",
+                        conv_general_dilated=conv_general_dilated)(x)
+            x = act(x)
         return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
@@ -66,7 +69,8 @@ class VGG16(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
             width = max(1, int(round(layer * self.width_multiplier)))
-            x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
+            x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False,
+                        conv_general_dilated=conv_general_dilated)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
             x = nn.relu(x)
         # Batch norm makes the features unit-scale, so a default-scale head would start with
