@@ -40,8 +40,8 @@ def test_value_and_gradients_equal_lax_in_float64(x_shape, w_shape, strides, pad
                 x, w, strides, padding, dimension_numbers=NHWC)))
 
         for a, b in zip(jax.value_and_grad(ours, (0, 1))(x, w),
-                        jax.value_and_grad(xla, (0, 1))(x, w)):
-            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                        jax.value_and_grad(xla, (0, 1))(x, w), strict=True):
+            for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
                 np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
 
 
