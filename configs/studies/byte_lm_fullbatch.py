@@ -15,4 +15,4 @@ def get_config():
     return standard_study(
         "byte_lm_fullbatch", "ByteLM_1L32D32S", full_batch=True, batch_size=128,
         num_episodes=5, num_iters=300,
-        sgd=half_decades(-4, 0), momentum=half_decades(-5, -1), adamw=half_decades(-7, -3))
+        sgd=half_decades(-4, 0), momentum=half_decades(-5, 0), adamw=half_decades(-7, -3))

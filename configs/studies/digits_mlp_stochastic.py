@@ -15,4 +15,4 @@ def get_config():
     return standard_study(
         "digits_mlp_stochastic", "ImageMLP_Digits8_Relu32", full_batch=False, batch_size=128,
         num_episodes=5, num_iters=300,
-        sgd=half_decades(-2, 2), momentum=half_decades(-3, 1), adamw=half_decades(-5, -1))
+        sgd=half_decades(-2, 2), momentum=half_decades(-4, 1), adamw=half_decades(-5, -1))

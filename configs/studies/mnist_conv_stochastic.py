@@ -15,4 +15,4 @@ def get_config():
     return standard_study(
         "mnist_conv_stochastic", "Conv_Mnist28_Relu32x64", full_batch=False, batch_size=128,
         num_episodes=5, num_iters=500,
-        sgd=half_decades(-2, 2), momentum=half_decades(-4, 0), adamw=half_decades(-5, -1))
+        sgd=half_decades(-2, 2), momentum=half_decades(-3, 1), adamw=half_decades(-5, -1))
