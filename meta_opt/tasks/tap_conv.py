@@ -6,9 +6,10 @@ orders (https://github.com/jax-ml/jax/issues/12868). On the MNIST conv net
 (`Conv_Mnist28_Relu32x64`, batch 128, 2-core CPU) an SGD step inside `lax.scan` took
 0.12 s against 0.006 s for the same step jitted alone. Written as one matmul per kernel tap
 over a strided slice of the padded input, the forward and backward passes are dots, slices
-and pads only, and the step in `lax.scan` takes 0.0066 s (`benchmarks/conv_step_in_scan.py`). Neither jax, flax nor optax offers
-this, so it is written here; `conv_general_dilated` picks it on CPU only (other platforms
-keep `lax.conv_general_dilated`, whose GPU and TPU kernels have no such problem).
+and pads only, and the step in `lax.scan` takes 0.0066 s (`benchmarks/conv_step_in_scan.py`).
+Neither jax, flax nor optax offers this, so it is written here; `conv_general_dilated` picks
+it on CPU only (other platforms keep `lax.conv_general_dilated`, whose GPU and TPU kernels
+have no such problem).
 """
 
 from __future__ import annotations
