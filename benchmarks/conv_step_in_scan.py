@@ -16,33 +16,19 @@ import argparse
 import statistics
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from jax import lax
 
+from meta_opt.tasks.conv import SmallCNN
 from meta_opt.tasks.tap_conv import conv_general_dilated as tap_conv_general_dilated
 
 BATCH = 128
 
 
-class Net(nn.Module):
-    """SmallCNN((32, 64)) with a chosen convolution."""
-
-    conv: object
-
-    @nn.compact
-    def __call__(self, x):
-        for c in (32, 64):
-            x = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME",
-                                conv_general_dilated=self.conv)(x))
-        return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
-
-
 def programs(conv, steps):
     """(scan over `steps` SGD steps, one jitted SGD step) for the net with `conv`."""
-    model, opt = Net(conv), optax.sgd(0.1)
+    model, opt = SmallCNN((32, 64), 10, convolution=conv), optax.sgd(0.1)
     x = jax.random.normal(jax.random.key(0), (BATCH, 28, 28, 1))
     y = jax.random.randint(jax.random.key(1), (BATCH,), 0, 10)
 
